@@ -1,0 +1,399 @@
+package poolmgr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/puddle/v2"
+	"go.uber.org/zap"
+)
+
+// Errors returned by Acquire. The proxy maps them to SQLSTATEs.
+var (
+	// ErrWaitTimeout: no server connection became free within wait_timeout.
+	ErrWaitTimeout = errors.New("timed out waiting for a server connection")
+	// ErrUnknownDatabase: the database is not configured.
+	ErrUnknownDatabase = errors.New("unknown database")
+	// ErrUnknownService: the service is not configured.
+	ErrUnknownService = errors.New("unknown service")
+	// ErrClosed: the manager is shut down.
+	ErrClosed = errors.New("pool manager closed")
+)
+
+// DialError wraps a failure to open a server connection.
+type DialError struct {
+	Backend string
+	Err     error
+}
+
+func (e *DialError) Error() string {
+	return fmt.Sprintf("cannot connect to server %s: %v", e.Backend, e.Err)
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
+
+// Key identifies one pool.
+type Key struct {
+	Service  string
+	Database string
+	Backend  string // host:port
+}
+
+// Stat is a snapshot of one pool.
+type Stat struct {
+	Key
+	Mode        PoolMode
+	Max, Min    int
+	Active      int // acquired by clients
+	Idle        int
+	Opening     int // being dialled
+	Waiting     int // clients in Acquire
+	Acquires    int64
+	WaitTimeout int64 // acquires that gave up
+	DialErrors  int64
+}
+
+// Manager owns every pool. Its methods are safe for concurrent use.
+type Manager struct {
+	log *zap.Logger
+
+	mu     sync.Mutex // guards cfg, pools and closed
+	cfg    Config
+	pools  map[Key]*pool
+	closed bool
+
+	cfgSettings atomic.Pointer[Settings]
+	stop        context.CancelFunc
+	done        chan struct{}
+}
+
+type pool struct {
+	mgr     *Manager
+	key     Key
+	db      DatabaseConfig
+	svc     ServiceConfig
+	p       *puddle.Pool[*Conn]
+	retired atomic.Bool
+
+	waiting     atomic.Int64
+	waitTimeout atomic.Int64
+	dialErrors  atomic.Int64
+}
+
+// New builds a Manager from cfg, which must have passed Validate. Call Start
+// to open the minimum connections and run maintenance.
+func New(cfg Config, log *zap.Logger) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m := &Manager{log: log, cfg: cfg, pools: make(map[Key]*pool)}
+	s := cfg.Pool
+	m.cfgSettings.Store(&s)
+	return m, nil
+}
+
+func (m *Manager) settings() Settings { return *m.cfgSettings.Load() }
+
+// Config returns the configuration in force.
+func (m *Manager) Config() Config {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg
+}
+
+// Service returns the configuration of a service.
+func (m *Manager) Service(name string) (ServiceConfig, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.cfg.Services[name]
+	return s, ok
+}
+
+// Start opens the minimum connections of every primary pool and runs the
+// maintenance loop until ctx ends or Close is called. Failures to open the
+// minimum are logged and retried by maintenance, not fatal: the proxy must
+// come up even while a backend is down.
+func (m *Manager) Start(ctx context.Context) {
+	ctx, m.stop = context.WithCancel(ctx)
+	m.done = make(chan struct{})
+	m.maintain(ctx)
+	go func() {
+		defer close(m.done)
+		t := time.NewTicker(maintenanceInterval(m.settings()))
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				m.maintain(ctx)
+			}
+		}
+	}()
+}
+
+func maintenanceInterval(s Settings) time.Duration {
+	d := s.IdleTimeout / 4
+	if d > 5*time.Second {
+		d = 5 * time.Second
+	}
+	if d < 100*time.Millisecond {
+		d = 100 * time.Millisecond
+	}
+	return d
+}
+
+// Acquire returns an idle server connection of pool (service, database,
+// backend), dialling one if the pool has room, or waits in FIFO order up to
+// wait_timeout (ErrWaitTimeout). backend "" means the primary.
+func (m *Manager) Acquire(ctx context.Context, service, database, backend string) (*Conn, error) {
+	p, err := m.pool(service, database, backend)
+	if err != nil {
+		return nil, err
+	}
+	s := m.settings()
+	ctx, cancel := context.WithTimeout(ctx, s.WaitTimeout)
+	defer cancel()
+	p.waiting.Add(1)
+	defer p.waiting.Add(-1)
+	for {
+		res, err := p.p.Acquire(ctx)
+		if err != nil {
+			switch {
+			case errors.Is(err, context.DeadlineExceeded):
+				p.waitTimeout.Add(1)
+				return nil, fmt.Errorf("%w after %s (pool %s/%s, max %d)", ErrWaitTimeout, s.WaitTimeout, service, database, p.svc.MaxConnections)
+			case errors.Is(err, puddle.ErrClosedPool):
+				// Retired by a reload between lookup and acquire.
+				if p, err = m.pool(service, database, backend); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			return nil, err
+		}
+		c := res.Value()
+		c.res = res
+		if time.Now().After(c.expires) {
+			res.Destroy()
+			continue
+		}
+		if res.IdleDuration() > s.HealthCheckInterval {
+			vctx, vcancel := context.WithTimeout(ctx, s.ConnectTimeout)
+			st, err := c.Exec(vctx, "")
+			vcancel()
+			if err != nil || st != 'I' {
+				m.log.Info("dropping server connection that failed validation",
+					zap.String("backend", c.addr), zap.Uint32("pid", c.pid), zap.Error(err))
+				res.Destroy()
+				continue
+			}
+		}
+		return c, nil
+	}
+}
+
+// pool finds or creates the pool for a key.
+func (m *Manager) pool(service, database, backend string) (*pool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	db, ok := m.cfg.Databases[database]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownDatabase, database)
+	}
+	svc, ok := m.cfg.Services[service]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownService, service)
+	}
+	if backend == "" {
+		backend = db.Primary
+	}
+	key := Key{Service: service, Database: database, Backend: backend}
+	if p, ok := m.pools[key]; ok {
+		return p, nil
+	}
+	return m.newPoolLocked(key, db, svc)
+}
+
+func (m *Manager) newPoolLocked(key Key, db DatabaseConfig, svc ServiceConfig) (*pool, error) {
+	p := &pool{mgr: m, key: key, db: db, svc: svc}
+	pp, err := puddle.NewPool(&puddle.Config[*Conn]{
+		Constructor: func(ctx context.Context) (*Conn, error) {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.settings().ConnectTimeout)
+			defer cancel()
+			c, err := dial(ctx, p)
+			if err != nil {
+				p.dialErrors.Add(1)
+				return nil, &DialError{Backend: key.Backend, Err: err}
+			}
+			return c, nil
+		},
+		Destructor: func(c *Conn) { _ = c.netConn.Close() },
+		MaxSize:    int32(svc.MaxConnections),
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.p = pp
+	m.pools[key] = p
+	return p, nil
+}
+
+// maintain trims idle and expired connections and opens up to the minimum.
+func (m *Manager) maintain(ctx context.Context) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	// Every primary pool exists from the start so that its minimum is kept.
+	for dbName, db := range m.cfg.Databases {
+		for svcName, svc := range m.cfg.Services {
+			key := Key{Service: svcName, Database: dbName, Backend: db.Primary}
+			if _, ok := m.pools[key]; !ok {
+				if _, err := m.newPoolLocked(key, db, svc); err != nil {
+					m.log.Error("creating pool", zap.Error(err))
+				}
+			}
+		}
+	}
+	pools := make([]*pool, 0, len(m.pools))
+	for _, p := range m.pools {
+		pools = append(pools, p)
+	}
+	m.mu.Unlock()
+
+	s := m.settings()
+	for _, p := range pools {
+		idle := p.p.AcquireAllIdle()
+		total := int(p.p.Stat().TotalResources())
+		now := time.Now()
+		for _, res := range idle {
+			c := res.Value()
+			if total > p.svc.MinConnections && (res.IdleDuration() > s.IdleTimeout || now.After(c.expires)) {
+				res.Destroy()
+				total--
+				continue
+			}
+			res.ReleaseUnused()
+		}
+		for i := total; i < p.svc.MinConnections; i++ {
+			if ctx.Err() != nil {
+				return
+			}
+			if err := p.p.CreateResource(ctx); err != nil {
+				if !errors.Is(err, puddle.ErrNotAvailable) {
+					m.log.Warn("opening minimum server connections",
+						zap.String("service", p.key.Service), zap.String("database", p.key.Database),
+						zap.String("backend", p.key.Backend), zap.Error(err))
+				}
+				break
+			}
+		}
+	}
+}
+
+// Update applies a new configuration. Pools whose size, mode or server
+// settings changed are retired: new clients get a fresh pool, and the old
+// one closes as its connections come back. Limits apply at once.
+func (m *Manager) Update(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	s := cfg.Pool
+	m.cfgSettings.Store(&s)
+	m.cfg = cfg
+	for key, p := range m.pools {
+		db, dbOK := cfg.Databases[key.Database]
+		svc, svcOK := cfg.Services[key.Service]
+		if dbOK && svcOK && sameDB(db, p.db) && svc == p.svc {
+			continue
+		}
+		delete(m.pools, key)
+		p.retire()
+	}
+	return nil
+}
+
+func sameDB(a, b DatabaseConfig) bool {
+	if len(a.Replicas) != len(b.Replicas) {
+		return false
+	}
+	for i := range a.Replicas {
+		if a.Replicas[i] != b.Replicas[i] {
+			return false
+		}
+	}
+	return a.Primary == b.Primary && a.DBName == b.DBName && a.User == b.User &&
+		a.Password == b.Password && a.ServerTLS == b.ServerTLS
+}
+
+// retire closes p in the background once its acquired connections return.
+func (p *pool) retire() {
+	if p.retired.Swap(true) {
+		return
+	}
+	go p.p.Close()
+}
+
+// Stats returns a snapshot of every pool.
+func (m *Manager) Stats() []Stat {
+	m.mu.Lock()
+	pools := make([]*pool, 0, len(m.pools))
+	for _, p := range m.pools {
+		pools = append(pools, p)
+	}
+	m.mu.Unlock()
+	out := make([]Stat, 0, len(pools))
+	for _, p := range pools {
+		st := p.p.Stat()
+		out = append(out, Stat{
+			Key: p.key, Mode: p.svc.PoolMode, Max: p.svc.MaxConnections, Min: p.svc.MinConnections,
+			Active: int(st.AcquiredResources()), Idle: int(st.IdleResources()),
+			Opening: int(st.ConstructingResources()), Waiting: int(p.waiting.Load()),
+			Acquires: st.AcquireCount(), WaitTimeout: p.waitTimeout.Load(), DialErrors: p.dialErrors.Load(),
+		})
+	}
+	return out
+}
+
+// Close closes every pool, waiting for acquired connections to come back
+// until ctx ends; what is still out then is closed by its holder.
+func (m *Manager) Close(ctx context.Context) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.closed = true
+	pools := m.pools
+	m.pools = nil
+	m.mu.Unlock()
+	if m.stop != nil {
+		m.stop()
+		<-m.done
+	}
+	var wg sync.WaitGroup
+	for _, p := range pools {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.p.Close() }()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}

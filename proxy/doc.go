@@ -1,0 +1,30 @@
+// Package proxy is pgshield's client side and message loop.
+//
+// It owns the listener, the startup phase (SSLRequest, GSSENCRequest,
+// CancelRequest, StartupMessage), client authentication (SCRAM-SHA-256, md5,
+// trust), and one session per client that forwards the PostgreSQL protocol
+// to server connections borrowed from poolmgr.
+//
+// # Goroutines and ownership
+//
+// Each session has one goroutine reading the client (session.run). While a
+// server connection is attached, a second goroutine (session.pump) reads the
+// server and writes to the client. The client goroutine is the only writer
+// toward the server; the pump is the only writer toward the client while it
+// runs. Fields shared by the two are guarded by session.mu.
+//
+// # Safe release
+//
+// Every forwarded message that the server answers (Query, Parse, Bind,
+// Describe, Execute, Close, Sync, FunctionCall) appends an entry to the
+// session's expected-response queue; the pump pops entries as responses
+// arrive, and after an ErrorResponse in the extended protocol drops the
+// entries the server will skip up to Sync, as PostgreSQL does. A server is
+// released (transaction mode) only when ReadyForQuery reports an idle
+// transaction, the queue is empty and the client goroutine is not in the
+// middle of a write. The same queue lets the proxy answer a message itself
+// at the right place in the stream.
+//
+// Messages are framed by internal/wire and copied through without decoding;
+// only the few the proxy must understand are decoded, with pgproto3.
+package proxy

@@ -1,0 +1,240 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"net"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgshield/pgshield/internal/wire"
+	"github.com/pgshield/pgshield/poolmgr"
+)
+
+// startPumpLocked starts the goroutine that forwards the attached server's
+// messages to the client, unless one is running. s.mu must be held.
+func (s *session) startPumpLocked() {
+	if s.server == nil || s.pumpRunning {
+		return
+	}
+	s.cw = s.srv.getWriter(s.conn)
+	s.pumpDone = make(chan struct{})
+	s.pumpRunning = true
+	s.pumpClean = false
+	go s.pump(s.server, s.cw, s.pumpDone)
+}
+
+// pump forwards server messages to the client until the server is released
+// at a safe point, the session closes, or the server fails.
+func (s *session) pump(srv *poolmgr.Conn, cw *bufio.Writer, done chan struct{}) {
+	defer close(done)
+	r := srv.Reader()
+	for {
+		if r.Buffered() == 0 && cw.Buffered() > 0 {
+			// Nothing more is ready: let the client see what it has.
+			// Write errors mean the client is gone; its goroutine notices
+			// and cleans up, so they are not handled here.
+			_ = cw.Flush()
+		}
+		typ, _, err := r.Next()
+		if err != nil {
+			s.pumpFailed(srv, cw, err, true)
+			return
+		}
+		switch typ {
+		case 'Z':
+			body, err := r.Body()
+			if err != nil || len(body) != 1 {
+				s.pumpFailed(srv, cw, errMalformedServer, false)
+				return
+			}
+			status := body[0]
+			if err := forwardTo(r, cw); err != nil {
+				s.pumpFailed(srv, cw, err, false)
+				return
+			}
+			_ = cw.Flush()
+			if s.readyForQuery(srv, cw, status) {
+				return
+			}
+			continue
+		case 'E':
+			if replace := s.serverError(); replace != nil {
+				if buf, err := replace.response().Encode(cw.AvailableBuffer()); err == nil {
+					_, _ = cw.Write(buf)
+				}
+				continue
+			}
+		case '1', '2', '3', 'n':
+			s.mu.Lock()
+			s.queue.pop()
+			s.mu.Unlock()
+		case 'T':
+			s.popIf('D')
+		case 'C', 'I', 's':
+			s.popIf('E')
+		case 'S':
+			body, err := r.Body()
+			if err != nil {
+				s.pumpFailed(srv, cw, err, false)
+				return
+			}
+			var ps pgproto3.ParameterStatus
+			if ps.Decode(body) == nil {
+				srv.SetParam(ps.Name, ps.Value)
+			}
+		}
+		if err := forwardTo(r, cw); err != nil {
+			s.pumpFailed(srv, cw, err, false)
+			return
+		}
+	}
+}
+
+func (s *session) popIf(typ byte) {
+	s.mu.Lock()
+	if h := s.queue.peek(); h != nil && h.typ == typ {
+		s.queue.pop()
+	}
+	s.mu.Unlock()
+}
+
+// serverError accounts for an ErrorResponse. In the extended protocol the
+// server now skips every message up to Sync, so their entries go too. It
+// returns the refusal to show instead, when the failing message was one the
+// proxy substituted.
+func (s *session) serverError() *pgError {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.queue.peek()
+	if h == nil {
+		return nil // an asynchronous error, such as a FATAL before close
+	}
+	replace := h.replaceErr
+	h.replaceErr = nil
+	if h.typ == 'Q' || h.typ == 'F' {
+		return replace // ReadyForQuery pops it
+	}
+	s.queue.pop()
+	for h := s.queue.peek(); h != nil && h.typ != 'S'; h = s.queue.peek() {
+		s.queue.pop()
+	}
+	if s.queue.empty() {
+		s.skipping = true
+	}
+	return replace
+}
+
+// readyForQuery handles ReadyForQuery, already forwarded. It reports
+// whether the pump is done: the server was released or the session is
+// ending.
+func (s *session) readyForQuery(srv *poolmgr.Conn, cw *bufio.Writer, status byte) bool {
+	s.mu.Lock()
+	s.queue.pop()
+	s.txStatus = status
+	if s.closing {
+		s.pumpClean = true
+		s.pumpRunning = false
+		s.mu.Unlock()
+		return true
+	}
+	if !s.queue.empty() || status != 'I' {
+		s.mu.Unlock()
+		return false
+	}
+	if s.mode != poolmgr.ModeTransaction {
+		if !s.draining {
+			s.mu.Unlock()
+			return false
+		}
+		// Session mode, shutting down, between transactions: end here.
+		s.closing = true
+		s.pumpClean = true
+		s.pumpRunning = false
+		s.mu.Unlock()
+		s.kick()
+		return true
+	}
+	if s.writing {
+		// The client goroutine is mid-write; it releases when done.
+		s.releaseDeferred = true
+		s.pumpClean = true
+		s.pumpRunning = false
+		s.mu.Unlock()
+		return true
+	}
+	s.server = nil
+	s.cw = nil
+	s.pumpRunning = false
+	draining := s.draining
+	s.mu.Unlock()
+	s.srv.putWriter(cw)
+	srv.Release()
+	if draining {
+		s.kick()
+	}
+	return true
+}
+
+// pumpFailed handles a read or protocol failure on the server side.
+// atBoundary says the failure happened before any byte of a message was
+// consumed, so the connection is still usable if the session was only being
+// stopped.
+func (s *session) pumpFailed(srv *poolmgr.Conn, cw *bufio.Writer, err error, atBoundary bool) {
+	s.mu.Lock()
+	s.pumpRunning = false
+	if s.closing {
+		// close() woke us; it decides what happens to srv.
+		s.pumpClean = atBoundary
+		s.mu.Unlock()
+		return
+	}
+	s.closing = true
+	if s.server == srv {
+		s.server = nil
+	}
+	s.cw = nil
+	s.mu.Unlock()
+	srv.Destroy()
+	s.log.Warn("server connection lost", zap.String("backend", srv.Backend()), zap.Error(err))
+	msg := fatalf(codeConnectionFailure, "server connection to %s was lost", srv.Backend())
+	msg.hint = "the statement may or may not have run; reconnect and check"
+	if buf, err := msg.response().Encode(cw.AvailableBuffer()); err == nil {
+		_, _ = cw.Write(buf)
+	}
+	_ = cw.Flush()
+	s.srv.putWriter(cw)
+	_ = s.conn.Close()
+}
+
+var errMalformedServer = &pgError{severity: "FATAL", code: codeProtocolViolation, message: "malformed message from server"}
+
+// forwardTo copies the current server message to the client. Only a
+// failure to read the server is returned: a client that went away is
+// noticed and cleaned up by its own goroutine, and the server stream stays
+// in step either way.
+func forwardTo(r *wire.Reader, cw *bufio.Writer) error {
+	_, err := r.WriteTo(cw)
+	var re *wire.ReadError
+	if errors.As(err, &re) {
+		return err
+	}
+	return nil
+}
+
+// getWriter lends a buffered writer toward conn.
+func (s *Server) getWriter(conn net.Conn) *bufio.Writer {
+	w := s.writers.Get().(*bufio.Writer)
+	w.Reset(conn)
+	return w
+}
+
+// putWriter takes a writer back.
+func (s *Server) putWriter(w *bufio.Writer) {
+	if w == nil {
+		return
+	}
+	w.Reset(nil)
+	s.writers.Put(w)
+}

@@ -37,7 +37,6 @@ type respQueue struct {
 
 func (q *respQueue) push(e expected) { q.items = append(q.items, e) }
 func (q *respQueue) empty() bool     { return q.head == len(q.items) }
-func (q *respQueue) len() int        { return len(q.items) - q.head }
 func (q *respQueue) peek() *expected {
 	if q.empty() {
 		return nil

@@ -1,0 +1,47 @@
+# pgshield — see README.md.
+GO        ?= go
+BIN       := bin
+PKGS      := ./...
+TEST_FLAGS ?= -race -count=1 -timeout 15m
+STATICCHECK_VERSION := v0.8.2
+
+.PHONY: all build run test lint fuzz bench clean tools
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/pgshield ./cmd/pgshield
+
+## run: start a throwaway primary + replica and pgshield in front of them.
+run: build
+	./$(BIN)/pgshield dev
+
+## test: the whole suite against real PostgreSQL, with the race detector.
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test $(TEST_FLAGS) $(PKGS)
+
+$(BIN)/staticcheck:
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+tools: $(BIN)/staticcheck
+
+## lint: gofmt, go vet and staticcheck must all be clean.
+lint: tools
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	./$(BIN)/staticcheck $(PKGS)
+
+## fuzz: run each fuzz target for FUZZTIME (default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./internal/wire -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzParseStartup -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzClientMessages -fuzztime $(FUZZTIME)
+
+## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer.
+bench: build
+	$(GO) run ./bench
+
+clean:
+	rm -rf $(BIN)

@@ -99,8 +99,9 @@ func DefaultSettings() Settings {
 }
 
 // WithDefaults fills unset fields: the five default services (a configured
-// service of the same name replaces its defaults field by field), the
-// default limits, and api as the default service.
+// service of the same name replaces its defaults field by field; a zero
+// field counts as unset, and a min above a configured max is lowered to
+// it), the default limits, and api as the default service.
 func (c Config) WithDefaults() Config {
 	out := c
 	out.Services = DefaultServices()
@@ -120,6 +121,10 @@ func (c Config) WithDefaults() Config {
 		}
 		if svc.Reads != "" {
 			base.Reads = svc.Reads
+		}
+		// A smaller max than the default min shrinks the min with it.
+		if svc.MinConnections == 0 && base.MinConnections > base.MaxConnections {
+			base.MinConnections = base.MaxConnections
 		}
 		out.Services[name] = base
 	}

@@ -206,7 +206,6 @@ func dial(ctx context.Context, p *pool) (*Conn, error) {
 		"password":         db.Password,
 		"sslmode":          db.ServerTLS.Mode,
 		"sslrootcert":      db.ServerTLS.CAFile,
-		"application_name": "pgshield",
 	})
 	cfg, err := pgconn.ParseConfig(connStr)
 	if err != nil {

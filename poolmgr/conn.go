@@ -199,13 +199,13 @@ func dial(ctx context.Context, p *pool) (*Conn, error) {
 		return nil, err
 	}
 	connStr := connString(map[string]string{
-		"host":             host,
-		"port":             port,
-		"dbname":           db.DBName,
-		"user":             db.User,
-		"password":         db.Password,
-		"sslmode":          db.ServerTLS.Mode,
-		"sslrootcert":      db.ServerTLS.CAFile,
+		"host":        host,
+		"port":        port,
+		"dbname":      db.DBName,
+		"user":        db.User,
+		"password":    db.Password,
+		"sslmode":     db.ServerTLS.Mode,
+		"sslrootcert": db.ServerTLS.CAFile,
 	})
 	cfg, err := pgconn.ParseConfig(connStr)
 	if err != nil {

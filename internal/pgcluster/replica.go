@@ -114,4 +114,3 @@ func (c *Cluster) InRecovery(ctx context.Context) (bool, error) {
 	err = conn.QueryRow(ctx, "select pg_is_in_recovery()").Scan(&b)
 	return b, err
 }
-

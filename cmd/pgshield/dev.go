@@ -1,3 +1,133 @@
 package main
 
-func devCmd(args []string) error { return nil }
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/devcert"
+	"github.com/pgshield/pgshield/internal/pgcluster"
+)
+
+// devCmd starts a throwaway primary and synchronous replica under a
+// directory (reused on the next run) and serves the proxy in front of them.
+func devCmd(args []string) error {
+	fs := flag.NewFlagSet("dev", flag.ExitOnError)
+	dir := fs.String("dir", ".pgshield-dev", "directory for the clusters, certificates and configuration (reused)")
+	listen := fs.String("listen", "127.0.0.1:6432", "proxy address")
+	adminListen := fs.String("admin-listen", config.DefaultAdminListen, "admin console address")
+	metricsListen := fs.String("metrics-listen", config.DefaultMetricsListen, "metrics address")
+	_ = fs.Parse(args)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return err
+	}
+	say := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "pgshield dev: "+format+"\n", a...) }
+
+	startCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	say("starting PostgreSQL primary in %s", filepath.Join(*dir, "primary"))
+	primary, err := pgcluster.Start(startCtx, pgcluster.Options{Dir: filepath.Join(abs, "primary"), SSL: true})
+	if err != nil {
+		return fmt.Errorf("starting the primary: %w", err)
+	}
+	defer stopCluster(primary, say)
+	say("starting a synchronous streaming replica")
+	replica, err := primary.AddReplica(startCtx, pgcluster.ReplicaOptions{Name: "replica1", Sync: true})
+	if err != nil {
+		return fmt.Errorf("starting the replica: %w", err)
+	}
+	defer stopCluster(replica, say)
+	if err := primary.CreateRole(startCtx, "app", "app", true); err != nil {
+		return err
+	}
+	if err := primary.CreateDatabase(startCtx, "app", "app"); err != nil {
+		return err
+	}
+	certs, err := devcert.Generate(filepath.Join(abs, "certs"))
+	if err != nil {
+		return err
+	}
+	cfgPath := filepath.Join(abs, "pgshield.yaml")
+	yaml := devConfig(*listen, *adminListen, *metricsListen, certs, primary, replica)
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		return err
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(config.Log{Level: "info", Format: "console"})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	ready := func(addr string) {
+		host, port := splitAddr(addr)
+		ahost, aport := splitAddr(*adminListen)
+		fmt.Printf("\nDATABASE_URL=postgres://app:app@%s:%s/app\n", host, port)
+		fmt.Printf("admin console: psql -h %s -p %s -U admin pgshield   (password admin; served once the admin console lands)\n", ahost, aport)
+		fmt.Printf("config: %s   primary %s, replica %s\n", cfgPath, primary.Addr(), replica.Addr())
+		fmt.Printf("Ctrl-C stops the proxy and both clusters.\n\n")
+	}
+	reload := func() (*config.File, error) { return config.Load(cfgPath) }
+	return serve(ctx, cfg, reload, log.With(zap.String("mode", "dev")), ready)
+}
+
+func stopCluster(c *pgcluster.Cluster, say func(string, ...any)) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	say("stopping PostgreSQL on %s", c.Addr())
+	if err := c.Stop(ctx, "fast"); err != nil {
+		say("stopping %s: %v", c.Addr(), err)
+	}
+}
+
+func splitAddr(addr string) (host, port string) {
+	i := strings.LastIndex(addr, ":")
+	if i < 0 {
+		return addr, ""
+	}
+	return addr[:i], addr[i+1:]
+}
+
+// devConfig writes the configuration `pgshield dev` serves; it is a real
+// configuration file a user can read and copy.
+func devConfig(listen, admin, metrics string, certs devcert.Files, primary, replica *pgcluster.Cluster) string {
+	return fmt.Sprintf(`# Written by pgshield dev; rewritten on every run.
+listen: %s
+admin_listen: %s
+metrics_listen: %s
+tls: {cert_file: %q, key_file: %q, client: prefer}
+users:
+  - {name: app, password: app, service: api}
+  - {name: admin, password: admin, admin: true}
+databases:
+  app:
+    primary: %s
+    replicas: [%s]
+    dbname: app
+    user: app
+    password: app
+    server_tls: {mode: verify-full, ca_file: %q}
+services:
+  api: {max_connections: 20, min_connections: 5, pool_mode: transaction}
+pool: {connect_timeout: 5s, idle_timeout: 30m, health_check_interval: 60s, wait_timeout: 30s}
+log: {level: info, format: console}
+`, listen, admin, metrics, certs.CertFile, certs.KeyFile, primary.Addr(), replica.Addr(), primary.CAFile)
+}

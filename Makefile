@@ -10,7 +10,7 @@ STATICCHECK_VERSION := v0.8.2
 all: build
 
 build:
-	$(GO) build -o $(BIN)/pgshield ./cmd/pgshield
+	$(GO) build -trimpath -o $(BIN)/pgshield ./cmd/pgshield
 
 ## run: start a throwaway primary + replica and pgshield in front of them.
 run: build

@@ -45,6 +45,9 @@ type Conn struct {
 	// server (the proxy keeps the client settings last replayed here). It is
 	// cleared when the connection is reset.
 	State string
+	// Ext is free for the holder to keep per-server state that lives as
+	// long as the connection (the proxy keeps the statements prepared here).
+	Ext any
 }
 
 // Reader returns the framed reader of server messages.

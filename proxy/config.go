@@ -57,6 +57,15 @@ type Config struct {
 	MaxMessageSize       int           `yaml:"max_message_size"`
 	ClientLoginTimeout   time.Duration `yaml:"client_login_timeout"`
 	ShutdownTimeout      time.Duration `yaml:"shutdown_timeout"`
+	// MaxPreparedStatements bounds the statements prepared per server
+	// connection in transaction mode; the least recently used are closed.
+	MaxPreparedStatements int `yaml:"max_prepared_statements"`
+	// ParseCacheSize is the number of distinct query texts whose
+	// classification is cached.
+	ParseCacheSize int `yaml:"parse_cache_size"`
+	// DisableClassification turns SQL classification off (benchmarks
+	// only): session state in transaction mode is then not tracked.
+	DisableClassification bool `yaml:"disable_classification"`
 }
 
 // Defaults.
@@ -66,6 +75,7 @@ const (
 	DefaultMaxMessageSize       = 64 << 20
 	DefaultClientLoginTimeout   = 15 * time.Second
 	DefaultShutdownTimeout      = 30 * time.Second
+	DefaultMaxPrepared          = 250
 	scramIterations             = 4096
 )
 
@@ -94,6 +104,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.MaxPreparedStatements == 0 {
+		c.MaxPreparedStatements = DefaultMaxPrepared
 	}
 	return c
 }
@@ -160,6 +173,9 @@ func compile(c Config, services map[string]bool) (*runtime, error) {
 	}
 	if c.MaxClientConnections < 1 {
 		errs = append(errs, errors.New("max_client_connections must be at least 1"))
+	}
+	if c.MaxPreparedStatements < 1 {
+		errs = append(errs, errors.New("max_prepared_statements must be at least 1"))
 	}
 	if c.MaxMessageSize < 1<<10 {
 		errs = append(errs, errors.New("max_message_size must be at least 1024 bytes"))

@@ -60,24 +60,6 @@ func TestParseStartup(t *testing.T) {
 	}
 }
 
-func TestStartsWithKeyword(t *testing.T) {
-	for q, want := range map[string]bool{
-		"PREPARE p AS select 1":          true,
-		"  /* c */ -- x\n execute p(1)":  true,
-		"(execute p)":                    true,
-		"select 'prepare'":               false,
-		"prepared_things":                false,
-		"deallocate all":                 true,
-		"/* unterminated prepare":        false,
-		"explain execute p":              false,
-		"insert into execute values (1)": false,
-	} {
-		if got := startsWithKeyword([]byte(q), "prepare", "execute", "deallocate"); got != want {
-			t.Errorf("%q: got %v want %v", q, got, want)
-		}
-	}
-}
-
 // FuzzParseStartup: untrusted startup packets never panic, and anything
 // refused is refused with a FATAL the client can read.
 func FuzzParseStartup(f *testing.F) {

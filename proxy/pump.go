@@ -67,12 +67,29 @@ func (s *session) pump(srv *poolmgr.Conn, cw *bufio.Writer, done chan struct{}) 
 				continue
 			}
 		case '1', '2', '3', 'n':
-			s.mu.Lock()
-			s.queue.pop()
-			s.mu.Unlock()
+			forward, replacement := s.completed()
+			if replacement != nil {
+				_, _ = cw.Write(replacement)
+			}
+			if !forward {
+				continue
+			}
 		case 'T':
 			s.popIf('D')
-		case 'C', 'I', 's':
+		case 'C':
+			body, err := r.Body()
+			if err != nil {
+				s.pumpFailed(srv, cw, err, false)
+				return
+			}
+			s.commandComplete(body)
+			s.mu.Lock()
+			if h := s.queue.peek(); h != nil && h.typ == 'E' {
+				s.succeeded(h.class)
+				s.queue.pop()
+			}
+			s.mu.Unlock()
+		case 'I', 's':
 			s.popIf('E')
 		case 'S':
 			body, err := r.Body()
@@ -90,6 +107,20 @@ func (s *session) pump(srv *poolmgr.Conn, cw *bufio.Writer, done chan struct{}) 
 			return
 		}
 	}
+}
+
+// completed pops the entry a success response answers and says whether
+// to forward it, or what to send instead.
+func (s *session) completed() (forward bool, replacement []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.queue.peek()
+	if h == nil {
+		return true, nil
+	}
+	forward, replacement = !h.swallow && h.replaceWith == nil, h.replaceWith
+	s.queue.pop()
+	return forward, replacement
 }
 
 func (s *session) popIf(typ byte) {
@@ -114,10 +145,11 @@ func (s *session) serverError() *pgError {
 	replace := h.replaceErr
 	h.replaceErr = nil
 	if h.typ == 'Q' || h.typ == 'F' {
+		s.entryErr = true
 		return replace // ReadyForQuery pops it
 	}
-	s.queue.pop()
 	for h := s.queue.peek(); h != nil && h.typ != 'S'; h = s.queue.peek() {
+		s.forgetLocked(h, s.server)
 		s.queue.pop()
 	}
 	if s.queue.empty() {
@@ -131,15 +163,20 @@ func (s *session) serverError() *pgError {
 // ending.
 func (s *session) readyForQuery(srv *poolmgr.Conn, cw *bufio.Writer, status byte) bool {
 	s.mu.Lock()
+	if h := s.queue.peek(); h != nil && h.typ == 'Q' && !s.entryErr {
+		s.succeeded(h.class)
+	}
+	s.entryErr = false
 	s.queue.pop()
 	s.txStatus = status
+	s.settleLocked(status, srv)
 	if s.closing {
 		s.pumpClean = true
 		s.pumpRunning = false
 		s.mu.Unlock()
 		return true
 	}
-	if !s.queue.empty() || status != 'I' {
+	if !s.queue.empty() || status != 'I' || s.pins != 0 {
 		s.mu.Unlock()
 		return false
 	}

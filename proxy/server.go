@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/wire"
 	"github.com/pgshield/pgshield/poolmgr"
+	"github.com/pgshield/pgshield/router"
 )
 
 // Pools is what the proxy needs from poolmgr.
@@ -41,7 +42,10 @@ type Server struct {
 	draining  bool
 	params    map[string]map[string]string // database -> ParameterStatus of a server
 
+	classifier *router.Classifier // nil when classification is off
+
 	clients atomic.Int64
+	pinned  atomic.Int64
 	wg      sync.WaitGroup // one per connection goroutine
 }
 
@@ -50,6 +54,10 @@ func New(cfg Config, pools Pools, log *zap.Logger) (*Server, error) {
 	s := &Server{log: log, pools: pools, sessions: make(map[uint32]*session), params: make(map[string]map[string]string)}
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
+	}
+	cfg = s.rt.Load().cfg
+	if !cfg.DisableClassification {
+		s.classifier = router.New(router.Config{ParseCacheSize: cfg.ParseCacheSize})
 	}
 	s.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
 	return s, nil
@@ -217,7 +225,8 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 		user: userName, database: database, service: service, mode: svc.PoolMode,
 		settings: settings, connectedAt: time.Now(), txStatus: 'I',
 	}
-	sess.settingsSQL, sess.settingsKey = settingsSQL(settings)
+	sess.startupSQL, _ = settingsSQL(settings)
+	sess.settingsSQL, sess.settingsKey = sess.startupSQL, sess.startupSQL
 	sess.r.SetMax(rt.cfg.MaxMessageSize)
 	sess.log = s.log.With(zap.String("user", userName), zap.String("database", database), zap.String("service", service))
 

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/wire"
 	"github.com/pgshield/pgshield/poolmgr"
+	"github.com/pgshield/pgshield/router"
 )
 
 // expected is one response the server owes the client, in order.
@@ -27,6 +27,21 @@ type expected struct {
 	// client's message and sent the server one that fails, so that the
 	// server's transaction state matches what PostgreSQL would have done.
 	replaceErr *pgError
+	// swallow: the proxy sent this message on its own account; its
+	// successful response is not the client's.
+	swallow bool
+	// replaceWith is what the client sees instead of the successful
+	// response (a ParseComplete carried by a no-op Close).
+	replaceWith []byte
+	// If the server does not carry the message out (error, or skipped after
+	// an error), forget the client statement and the server statement it
+	// would have created.
+	forgetClient string
+	forgetStmt   *clientStmt
+	forgetKey    string
+	// class of the statement(s) this message runs (Query, Execute): its
+	// effects on session state apply once it has succeeded.
+	class *router.Class
 }
 
 // respQueue is a FIFO that reuses its backing array.
@@ -69,22 +84,31 @@ type session struct {
 	service     string
 	mode        poolmgr.PoolMode
 	settings    map[string]string
-	settingsSQL string
-	settingsKey string
+	startupSQL  string // the startup settings as SET statements
 	connectedAt time.Time
 
 	// Owned by the client goroutine.
 	conn          net.Conn
 	br            *bufio.Reader
 	r             *wire.Reader
-	dropUntilSync bool // a refused extended message: skip to Sync
-	needFlush     bool // bytes written to the server and not flushed
+	dropUntilSync bool   // a refused extended message: skip to Sync
+	needFlush     bool   // bytes written to the server and not flushed
+	wbuf          []byte // rewritten or injected frames for the server
 
 	mu sync.Mutex // guards the fields below
 	// server is the attached server connection; nil when none.
-	server   *poolmgr.Conn
-	queue    respQueue
-	txStatus byte // from the last ReadyForQuery
+	server *poolmgr.Conn
+	// stmts are the client's named prepared statements (transaction mode).
+	stmts map[string]*clientStmt
+	// pins is the session state that ties the client to its server.
+	pins router.Pin
+	// tracked are the client's session-level SETs, in the order first
+	// set, replayed on every server after its startup settings.
+	tracked      []trackedSet
+	unnamedClass *router.Class // of the unnamed statement (client goroutine)
+	boundClass   *router.Class // of the statement last bound (client goroutine)
+	queue        respQueue
+	txStatus     byte // from the last ReadyForQuery
 	// skipping: the server reported an error in the extended protocol and
 	// discards messages until Sync, so they owe no response.
 	skipping bool
@@ -99,7 +123,19 @@ type session struct {
 	cw              *bufio.Writer // toward the client, lent to the pump
 	closing         bool          // the session is ending; the pump must not release
 	draining        bool          // end the session at the next safe point
+	settingsSQL     string        // startup settings and tracked SETs, replayed on attach
+	settingsKey     string        // identifies settingsSQL; servers record what they have
+
+	// Owned by the pump: effects of statements that succeeded since the
+	// last ReadyForQuery, and of those inside the open transaction block.
+	done     []*router.Class
+	inTx     []*router.Class
+	txCommit bool // the last CommandComplete ended a block with COMMIT
+	entryErr bool // the head Query entry got an ErrorResponse
 }
+
+// trackedSet is one session-level SET a client ran.
+type trackedSet struct{ name, sql string }
 
 // errTerminate is a client's orderly goodbye.
 var errTerminate = errors.New("client terminated the session")
@@ -178,9 +214,18 @@ func answered(typ byte) bool {
 // forward sends the current client message to the attached server,
 // attaching one first if needed.
 func (s *session) forward(typ byte) error {
-	substitute, refusal, err := s.inspect(typ)
-	if err != nil {
-		return err
+	pooled := s.mode == poolmgr.ModeTransaction
+	var body []byte
+	var class *router.Class
+	if pooled {
+		switch typ {
+		case 'Q', 'P', 'B', 'D', 'C', 'E':
+			var err error
+			if body, err = s.r.Body(); err != nil {
+				return err
+			}
+		}
+		class = s.classify(typ, body)
 	}
 	s.mu.Lock()
 	if s.server == nil {
@@ -190,35 +235,52 @@ func (s *session) forward(typ byte) error {
 			s.mu.Unlock()
 			return nil
 		}
+		if pooled {
+			if handled, err := s.answerUnattachedLocked(typ, body, class); handled {
+				s.mu.Unlock()
+				return err
+			}
+		}
 		s.mu.Unlock()
 		if err := s.attach(context.Background()); err != nil {
 			return s.attachFailed(typ, err)
 		}
 		s.mu.Lock()
-		s.startPumpLocked()
 	}
+	s.startPumpLocked()
 	srv := s.server
+	raw := true
+	s.wbuf = s.wbuf[:0]
 	switch {
+	case pooled && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C'):
+		var err error
+		if raw, err = s.planStatementLocked(typ, body, srv, class); err != nil {
+			s.mu.Unlock()
+			return err
+		}
 	case answered(typ):
-		if !s.skipping || typ == 'S' {
-			s.queue.push(expected{typ: typ, replaceErr: refusal})
+		if class != nil {
+			s.pinLocked(class.Pins)
 		}
-		if typ == 'S' {
-			s.skipping = false
-		}
+		s.pushLocked(expected{typ: typ, class: class})
 	case s.queue.empty():
 		// Nothing outstanding: the server may be released at any moment,
 		// so do not write to it. Flush and stray copy messages are no-ops.
 		s.mu.Unlock()
 		return nil
 	}
+	if typ == 'S' {
+		s.skipping = false
+	}
 	s.writing = true
 	s.mu.Unlock()
 
 	w := srv.Writer()
-	if substitute != nil {
-		_, err = w.Write(substitute)
-	} else {
+	var err error
+	if len(s.wbuf) > 0 {
+		_, err = w.Write(s.wbuf) // frames injected before, or instead of, the client's own
+	}
+	if raw && err == nil {
 		_, err = s.r.WriteTo(w)
 	}
 	if err == nil {
@@ -242,6 +304,79 @@ func (s *session) forward(typ byte) error {
 		s.releaseIdle()
 	}
 	return nil
+}
+
+// classify returns the class of the SQL a message carries or runs, in
+// transaction mode: Query and Parse carry text; Execute runs what was bound.
+func (s *session) classify(typ byte, body []byte) *router.Class {
+	if s.srv.classifier == nil {
+		return nil
+	}
+	switch typ {
+	case 'Q':
+		if len(body) == 0 {
+			return nil
+		}
+		return s.srv.classifier.Classify(body[:len(body)-1])
+	case 'P':
+		name, query, _, ok := wire.ParseFields(body)
+		if !ok {
+			return nil
+		}
+		cl := s.srv.classifier.Classify(query)
+		if len(name) == 0 {
+			s.unnamedClass = cl
+		}
+		return cl
+	case 'E':
+		return s.boundClass
+	}
+	return nil
+}
+
+// answerUnattachedLocked answers, without a server, what needs none: a
+// named Parse outside a transaction (prepared on a server when first bound
+// or described), a Close of a statement, and a Sync with nothing
+// outstanding. A client blocked in a synchronous prepare must not need a
+// server, or clients holding every server in transactions would wait on it.
+func (s *session) answerUnattachedLocked(typ byte, body []byte, class *router.Class) (handled bool, err error) {
+	switch typ {
+	case 'S':
+		return true, s.writeDirect(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	case 'C':
+		if len(body) < 2 || body[len(body)-1] != 0 {
+			return true, fatalf(codeProtocolViolation, "invalid Close message")
+		}
+		if body[0] == 'S' && len(body) > 2 {
+			delete(s.stmts, string(body[1:len(body)-1]))
+		}
+		return true, s.writeDirect(&pgproto3.CloseComplete{})
+	case 'P':
+		name, query, types, ok := wire.ParseFields(body)
+		if !ok {
+			return true, fatalf(codeProtocolViolation, "invalid Parse message")
+		}
+		if len(name) == 0 || class == nil || class.SyntaxError != "" {
+			return false, nil // the server parses it and reports errors
+		}
+		if _, exists := s.stmts[string(name)]; exists {
+			s.dropUntilSync = true
+			return true, s.writeDirect(errorf("42P05", "prepared statement %q already exists", name).response())
+		}
+		s.addStmtLocked(string(name), query, types, class)
+		return true, s.writeDirect(&pgproto3.ParseComplete{})
+	}
+	return false, nil
+}
+
+// pushLocked records a response the server owes. While the server skips
+// to Sync after an error, messages owe nothing and will not be carried out.
+func (s *session) pushLocked(e expected) {
+	if s.skipping && e.typ != 'S' {
+		s.forgetLocked(&e, s.server)
+		return
+	}
+	s.queue.push(e)
 }
 
 // flushServer flushes bytes left in the attached server's writer.
@@ -275,105 +410,17 @@ func (s *session) flushServer() error {
 // a failed statement, and the client is shown the refusal instead.
 const rejectedSQL = "pgshield refused this statement"
 
-// inspect decides whether the current message may go to the server as is.
-// In transaction mode, named prepared statements and SQL PREPARE/EXECUTE
-// would run on whichever server the client lands on; until statement
-// mapping exists they are refused with a clear error.
-func (s *session) inspect(typ byte) (substitute []byte, refusal *pgError, err error) {
-	if s.mode != poolmgr.ModeTransaction {
-		return nil, nil, nil
-	}
-	var name string
-	switch typ {
-	case 'P', 'B', 'D', 'C', 'Q':
-	default:
-		return nil, nil, nil
-	}
-	body, err := s.r.Body()
-	if err != nil {
-		return nil, nil, err
-	}
-	switch typ {
-	case 'Q':
-		if !startsWithKeyword(body, "prepare", "execute", "deallocate") {
-			return nil, nil, nil
-		}
-		refusal = errorf(codeFeatureNotSupported, "SQL PREPARE, EXECUTE and DEALLOCATE are not supported in transaction pooling mode")
-		refusal.hint = "use the extended protocol's unnamed statements, or a service with pool_mode: session"
-		substitute, err = (&pgproto3.Query{String: rejectedSQL}).Encode(nil)
-		return substitute, refusal, err
-	case 'P':
-		var m pgproto3.Parse
-		if err := m.Decode(body); err != nil {
-			return nil, nil, fatalf(codeProtocolViolation, "invalid Parse message")
-		}
-		name = m.Name
-	case 'B':
-		var m pgproto3.Bind
-		if err := m.Decode(body); err != nil {
-			return nil, nil, fatalf(codeProtocolViolation, "invalid Bind message")
-		}
-		name = m.PreparedStatement
-	case 'D', 'C':
-		if len(body) < 2 {
-			return nil, nil, fatalf(codeProtocolViolation, "invalid Describe/Close message")
-		}
-		if body[0] == 'S' {
-			name = string(body[1 : len(body)-1])
-		}
-	}
-	if name == "" {
-		return nil, nil, nil
-	}
-	refusal = errorf(codeFeatureNotSupported, "named prepared statements are not supported in transaction pooling mode (statement %q)", name)
-	refusal.hint = "use unnamed statements (for pgx: default_query_exec_mode=exec or cache_describe), or a service with pool_mode: session"
-	substitute, err = (&pgproto3.Parse{Query: rejectedSQL}).Encode(nil)
-	return substitute, refusal, err
-}
-
-// startsWithKeyword reports whether the query text begins, after spaces and
-// comments, with one of the keywords (lower case), case-insensitively.
-func startsWithKeyword(q []byte, keywords ...string) bool {
-	i := 0
-	for i < len(q) {
-		switch {
-		case q[i] == ' ' || q[i] == '\t' || q[i] == '\n' || q[i] == '\r' || q[i] == '(':
-			i++
-		case q[i] == '-' && i+1 < len(q) && q[i+1] == '-':
-			for i < len(q) && q[i] != '\n' {
-				i++
-			}
-		case q[i] == '/' && i+1 < len(q) && q[i+1] == '*':
-			end := strings.Index(string(q[i+2:]), "*/")
-			if end < 0 {
-				return false
-			}
-			i += end + 4
-		default:
-			for _, kw := range keywords {
-				if len(q)-i >= len(kw) && strings.EqualFold(string(q[i:i+len(kw)]), kw) &&
-					(len(q)-i == len(kw) || !isIdentByte(q[i+len(kw)])) {
-					return true
-				}
-			}
-			return false
-		}
-	}
-	return false
-}
-
-func isIdentByte(c byte) bool {
-	return c == '_' || c == '$' || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') || c >= 0x80
-}
-
 // attach borrows a server connection and applies the client's settings.
 func (s *session) attach(ctx context.Context) error {
 	conn, err := s.srv.pools.Acquire(ctx, s.service, s.database, "")
 	if err != nil {
 		return err
 	}
-	if conn.State != s.settingsKey {
-		sql := s.settingsSQL
+	s.mu.Lock()
+	want, wantKey := s.settingsSQL, s.settingsKey
+	s.mu.Unlock()
+	if conn.State != wantKey {
+		sql := want
 		if conn.State != "" {
 			sql = "RESET ALL;" + sql
 		}
@@ -397,7 +444,7 @@ func (s *session) attach(ctx context.Context) error {
 			conn.Destroy()
 			return &poolmgr.DialError{Backend: conn.Backend(), Err: err}
 		}
-		conn.State = s.settingsKey
+		conn.State = wantKey
 	}
 	s.mu.Lock()
 	s.server = conn
@@ -442,7 +489,7 @@ func (s *session) detachIdle() {
 func (s *session) releaseIdle() {
 	s.mu.Lock()
 	srv := s.server
-	if srv == nil || s.closing || s.mode != poolmgr.ModeTransaction || !s.queue.empty() || s.txStatus != 'I' {
+	if srv == nil || s.closing || s.mode != poolmgr.ModeTransaction || !s.queue.empty() || s.txStatus != 'I' || s.pins != 0 {
 		s.mu.Unlock()
 		return
 	}
@@ -519,6 +566,8 @@ func (s *session) close() {
 	s.server = nil
 	clean := s.queue.empty() && (done == nil || s.pumpClean) && !s.needFlush
 	status := s.txStatus
+	pins := s.pins
+	s.unpinLocked(s.pins)
 	cw := s.cw
 	s.cw = nil
 	s.mu.Unlock()
@@ -529,7 +578,8 @@ func (s *session) close() {
 		return
 	}
 	_ = srv.NetConn().SetReadDeadline(time.Time{})
-	if !clean {
+	if !clean || pins&router.PinLoad != 0 {
+		// A loaded library cannot be unloaded: the server is not reused.
 		srv.Destroy()
 		return
 	}
@@ -539,9 +589,13 @@ func (s *session) close() {
 	if status != 'I' {
 		sql = "ROLLBACK;"
 	}
-	if s.mode == poolmgr.ModeSession {
+	if s.mode == poolmgr.ModeSession || pins != 0 {
+		// Session state (settings, LISTEN, advisory locks, temporary
+		// objects, cursors, prepared statements) must not reach the next
+		// client.
 		sql += "DISCARD ALL"
 		srv.State = ""
+		forgetServerStatements(srv)
 	}
 	if sql != "" {
 		if st, err := srv.Exec(ctx, sql); err != nil || st != 'I' {

@@ -186,3 +186,56 @@ func (e readErrors) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// cstring splits a NUL-terminated string off the front of b.
+func cstring(b []byte) (s, rest []byte, ok bool) {
+	for i, c := range b {
+		if c == 0 {
+			return b[:i], b[i+1:], true
+		}
+	}
+	return nil, nil, false
+}
+
+// ParseFields returns the statement name, query and the rest (parameter
+// type count and OIDs) of a Parse body, without copying.
+func ParseFields(body []byte) (name, query, rest []byte, ok bool) {
+	name, b, ok := cstring(body)
+	if !ok {
+		return nil, nil, nil, false
+	}
+	query, rest, ok = cstring(b)
+	if !ok || len(rest) < 2 {
+		return nil, nil, nil, false
+	}
+	n := int(binary.BigEndian.Uint16(rest))
+	if len(rest) != 2+4*n {
+		return nil, nil, nil, false
+	}
+	return name, query, rest, true
+}
+
+// BindStatement returns the portal and statement names of a Bind body and
+// the bytes after them, without copying.
+func BindStatement(body []byte) (portal, stmt, rest []byte, ok bool) {
+	portal, b, ok := cstring(body)
+	if !ok {
+		return nil, nil, nil, false
+	}
+	stmt, rest, ok = cstring(b)
+	return portal, stmt, rest, ok
+}
+
+// AppendFrame appends a typed message built from parts to dst.
+func AppendFrame(dst []byte, typ byte, parts ...[]byte) []byte {
+	n := 4
+	for _, p := range parts {
+		n += len(p)
+	}
+	dst = append(dst, typ)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(n))
+	for _, p := range parts {
+		dst = append(dst, p...)
+	}
+	return dst
+}

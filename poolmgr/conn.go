@@ -215,6 +215,8 @@ func dial(ctx context.Context, p *pool) (*Conn, error) {
 		return nil, fmt.Errorf("server config for database %q: %w", p.key.Database, err)
 	}
 	cfg.ConnectTimeout = p.mgr.settings().ConnectTimeout
+	var raw *takeoverConn
+	cfg.DialFunc = dialTakeover(cfg.ConnectTimeout, &raw)
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", p.key.Backend, err)
@@ -223,6 +225,10 @@ func dial(ctx context.Context, p *pool) (*Conn, error) {
 	if err != nil {
 		pc.Close(ctx)
 		return nil, err
+	}
+	if err := raw.takeover(ctx); err != nil {
+		hc.Conn.Close()
+		return nil, fmt.Errorf("connect to %s: %w", p.key.Backend, err)
 	}
 	params := make(map[string]string, len(hc.ParameterStatuses))
 	for k, v := range hc.ParameterStatuses {

@@ -131,16 +131,12 @@ func (e *env) url(user string, extra string) string {
 }
 
 // connect opens a pgx connection through the proxy; extra adds libpq
-// parameters. The default exec mode avoids named statements, which
-// transaction pooling refuses until statement mapping exists.
+// parameters. pgx's default mode uses named prepared statements.
 func (e *env) connect(t *testing.T, user, extra string) *pgx.Conn {
 	t.Helper()
 	cfg, err := pgx.ParseConfig(e.url(user, extra))
 	if err != nil {
 		t.Fatal(err)
-	}
-	if cfg.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement && user != "sess" {
-		cfg.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()

@@ -150,44 +150,6 @@ func TestTransactionsSavepointsIsolation(t *testing.T) {
 	}
 }
 
-// Named prepared statements fail clearly in transaction mode and never run
-// on another server; the session stays usable; session mode allows them.
-func TestNamedStatementsRefusedInTransactionMode(t *testing.T) {
-	e := startProxy(t, nil)
-	ctx := ctxT(t)
-	c := e.connect(t, "app", "default_query_exec_mode=exec")
-	_, err := c.PgConn().Prepare(ctx, "s1", "select 1", nil)
-	if pgCode(err) != "0A000" {
-		t.Fatalf("named Parse: want 0A000, got %v", err)
-	}
-	for _, q := range []string{"PREPARE p AS select 1", "execute p", "/* x */ deallocate all"} {
-		if _, err := c.Exec(ctx, q); pgCode(err) != "0A000" {
-			t.Fatalf("%s: want 0A000, got %v", q, err)
-		}
-	}
-	// Inside a transaction the refusal fails the transaction, as an error
-	// from PostgreSQL would.
-	tx, err := c.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "PREPARE p AS select 1"); pgCode(err) != "0A000" {
-		t.Fatalf("want 0A000, got %v", err)
-	}
-	if _, err := tx.Exec(ctx, "select 1"); pgCode(err) != "25P02" {
-		t.Fatalf("want 25P02 after the refusal, got %v", err)
-	}
-	_ = tx.Rollback(ctx)
-	var v int
-	if err := c.QueryRow(ctx, "select 5").Scan(&v); err != nil || v != 5 {
-		t.Fatalf("session unusable: %v", err)
-	}
-	s := e.connect(t, "sess", "")
-	if err := s.QueryRow(ctx, "select $1::int", 9).Scan(&v); err != nil || v != 9 {
-		t.Fatalf("session mode named statements: %v", err)
-	}
-}
-
 // Startup settings are replayed on every server a client uses and never
 // seen by another client sharing the same servers.
 func TestSettingsDoNotLeak(t *testing.T) {

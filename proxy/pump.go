@@ -119,6 +119,9 @@ func (s *session) completed() (forward bool, replacement []byte) {
 		return true, nil
 	}
 	forward, replacement = !h.swallow && h.replaceWith == nil, h.replaceWith
+	if h.verify != nil {
+		h.verify.verified = true
+	}
 	s.queue.pop()
 	return forward, replacement
 }

@@ -39,6 +39,7 @@ type expected struct {
 	forgetClient string
 	forgetStmt   *clientStmt
 	forgetKey    string
+	verify       *clientStmt // marked verified when this Parse succeeds
 	// class of the statement(s) this message runs (Query, Execute): its
 	// effects on session state apply once it has succeeded.
 	class *router.Class

@@ -42,6 +42,10 @@ type clientStmt struct {
 	query []byte
 	types []byte // parameter type count and OIDs, as in Parse
 	class *router.Class
+	// verified: some server has parsed it. A statement answered without a
+	// server is forgotten if its first real Parse fails, as the client's
+	// Parse would have failed on PostgreSQL.
+	verified bool
 }
 
 // addStmtLocked records a client's named statement.
@@ -125,7 +129,7 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 			s.wbuf = append(s.wbuf, noopClose...)
 			s.pushLocked(expected{typ: 'C', replaceWith: msgParseComplete, forgetClient: cname, forgetStmt: st})
 		} else {
-			s.pushLocked(expected{typ: 'P', forgetClient: cname, forgetStmt: st, forgetKey: st.key})
+			s.pushLocked(expected{typ: 'P', forgetClient: cname, forgetStmt: st, forgetKey: st.key, verify: st})
 		}
 		return false, nil
 	case 'B':
@@ -146,7 +150,7 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 		s.boundClass = st.class
 		name, prepared := s.ensurePreparedLocked(srv, st)
 		if !prepared {
-			s.pushLocked(expected{typ: 'P', swallow: true, forgetKey: st.key})
+			s.pushLocked(s.lazyParseEntry(stmt, st))
 		}
 		s.wbuf = wire.AppendFrame(s.wbuf, 'B', portal, nul, []byte(name), nul, rest)
 		s.pushLocked(expected{typ: 'B'})
@@ -177,13 +181,23 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 		}
 		name, prepared := s.ensurePreparedLocked(srv, st)
 		if !prepared {
-			s.pushLocked(expected{typ: 'P', swallow: true, forgetKey: st.key})
+			s.pushLocked(s.lazyParseEntry(cname, st))
 		}
 		s.wbuf = wire.AppendFrame(s.wbuf, 'D', []byte{'S'}, []byte(name), nul)
 		s.pushLocked(expected{typ: 'D'})
 		return false, nil
 	}
 	return true, nil
+}
+
+// lazyParseEntry is the entry of a Parse the proxy sends on its own to
+// prepare st on a server before it is bound or described.
+func (s *session) lazyParseEntry(clientName []byte, st *clientStmt) expected {
+	e := expected{typ: 'P', swallow: true, forgetKey: st.key, verify: st}
+	if !st.verified {
+		e.forgetClient, e.forgetStmt = string(clientName), st
+	}
+	return e
 }
 
 // refuseLocked answers the current message with err, in its place in the

@@ -39,9 +39,12 @@ fuzz:
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzParseStartup -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzClientMessages -fuzztime $(FUZZTIME)
 
-## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer.
+## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer
+## (installs Debian's pgbouncer when missing); results in bench/RESULTS.md.
+BENCH_FLAGS ?=
 bench: build
-	$(GO) run ./bench
+	@command -v pgbouncer >/dev/null 2>&1 || { echo "installing pgbouncer"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; }
+	$(GO) run ./bench -pgshield $(BIN)/pgshield $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -3,6 +3,7 @@ package router
 import (
 	"errors"
 	"strings"
+	"sync"
 	"unsafe"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -90,11 +91,15 @@ type Class struct {
 	SyntaxError string
 	// SyntaxCursor is the 1-based position of the syntax error.
 	SyntaxCursor int
+	// literalFree: nothing above depends on a literal value, so the class
+	// also serves texts that differ only in literals.
+	literalFree bool
 }
 
 // Classifier classifies and caches. It is safe for concurrent use.
 type Classifier struct {
 	cache *lru.Cache[string, *Class]
+	bufs  sync.Pool // *[]byte for normalized keys
 }
 
 // Config configures the classifier.
@@ -126,9 +131,25 @@ func (c *Classifier) Classify(sql []byte) *Class {
 	if cl, ok := c.cache.Get(unsafe.String(&sql[0], len(sql))); ok {
 		return cl
 	}
+	bp, _ := c.bufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer c.bufs.Put(bp)
+	// Normalized keys start with NUL, which no query text does.
+	key, ok := normalize(append((*bp)[:0], 0), sql)
+	*bp = key
+	if ok {
+		if cl, hit := c.cache.Get(unsafe.String(&key[0], len(key))); hit {
+			return cl
+		}
+	}
 	text := string(sql)
 	cl := classify(text)
 	c.cache.Add(text, cl)
+	if ok && cl.literalFree {
+		c.cache.Add(string(key), cl)
+	}
 	return cl
 }
 
@@ -146,9 +167,12 @@ func classify(text string) *Class {
 		}
 		return cl
 	}
-	cl := &Class{Statements: len(tree.Stmts), ReadOnly: len(tree.Stmts) > 0}
+	cl := &Class{Statements: len(tree.Stmts), ReadOnly: len(tree.Stmts) > 0, literalFree: true}
 	for _, raw := range tree.Stmts {
 		classifyStmt(cl, raw, tree.Version)
+	}
+	if cl.Pins != 0 || len(cl.Effects) > 0 {
+		cl.literalFree = false
 	}
 	return cl
 }
@@ -163,6 +187,7 @@ func classifyStmt(cl *Class, raw *pg.RawStmt, version int32) {
 	case n.GetVariableShowStmt() != nil:
 		readOnly = true
 	case n.GetExplainStmt() != nil:
+		cl.literalFree = false // EXPLAIN (ANALYZE 'off') turns on a literal
 		readOnly = !explainAnalyze(n.GetExplainStmt()) && isReadOnlyNode(n.GetExplainStmt().GetQuery(), version)
 	case n.GetVariableSetStmt() != nil:
 		setEffect(cl, raw, n.GetVariableSetStmt(), version)
@@ -224,6 +249,7 @@ func classifyStmt(cl *Class, raw *pg.RawStmt, version int32) {
 			cl.Effects = append(cl.Effects, Effect{Kind: EffectUnpin, Unpin: PinAdvisoryLock})
 			readOnly = false
 		case "set_config":
+			cl.literalFree = false
 			// set_config(name, value, is_local): only a session-level
 			// change (is_local false) outlives the transaction.
 			if len(args) == 3 && !isTrueConst(args[2]) {

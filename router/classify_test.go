@@ -63,3 +63,51 @@ func FuzzClassify(f *testing.F) {
 		}
 	})
 }
+
+func TestNormalize(t *testing.T) {
+	for in, want := range map[string]string{
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;":  "SELECT abalance FROM pgbench_accounts WHERE aid = ?;",
+		"select 'it''s', E'a\\'b', 1.5e-3, x1, t2.c3, $1, $$body$$": "select ?, ?, ?, x1, t2.c3, $1, ?",
+		`select "we""ird" from t -- 'comment'` + "\n where a = 'x'": `select "we""ird" from t ` + "\n where a = ?",
+		"select /* 'x' /* nested */ */ 1":                           "select  ?",
+		"select $tag$ a 'b' $tag$":                                  "select ?",
+	} {
+		got, ok := normalize(nil, []byte(in))
+		if !ok || string(got) != want {
+			t.Errorf("normalize(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+	for _, bad := range []string{"select 'open", `select "open`, "select /* open", "select $a$ open"} {
+		if _, ok := normalize(nil, []byte(bad)); ok {
+			t.Errorf("normalize(%q) claimed success", bad)
+		}
+	}
+}
+
+// Texts differing only in literals share a class when, and only when, the
+// class cannot depend on literals.
+func TestLiteralSharing(t *testing.T) {
+	c := New(Config{})
+	a := c.Classify([]byte("select * from t where id = 1"))
+	b := c.Classify([]byte("select * from t where id = 2"))
+	if a != b || c.Len() != 2 {
+		t.Fatalf("literal variants not shared: %p %p, %d cached", a, b, c.Len())
+	}
+	local := c.Classify([]byte("select set_config('x', 'y', true)"))
+	session := c.Classify([]byte("select set_config('x', 'y', false)"))
+	if local.Pins != 0 || session.Pins != PinSetConfig {
+		t.Fatalf("set_config classes mixed up: %v %v", local.Pins, session.Pins)
+	}
+	s1 := c.Classify([]byte("set work_mem = '1MB'"))
+	s2 := c.Classify([]byte("set work_mem = '2MB'"))
+	if s1.Effects[0].SQL == s2.Effects[0].SQL {
+		t.Fatal("SET values shared between texts")
+	}
+	q := []byte("select * from t where id = 3")
+	if raceEnabled {
+		return // sync.Pool drops items on purpose under the race detector
+	}
+	if n := testing.AllocsPerRun(100, func() { c.Classify(q) }); n != 0 {
+		t.Fatalf("a literal variant allocates %.1f times", n)
+	}
+}

@@ -1,0 +1,8 @@
+// Command bench measures pgshield side by side with PgBouncer and direct
+// PostgreSQL, in one run on one machine, and reports ratios. It starts its
+// own PostgreSQL (internal/pgcluster), PgBouncer and pgshield on loopback.
+//
+//	go run ./bench [-duration 10s] [-rounds 3] [-out bench/RESULTS.md]
+//
+// Nothing imports this package; timing goals live here, never in tests.
+package main

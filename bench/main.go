@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgshield/pgshield/internal/pgcluster"
+)
+
+func main() {
+	duration := flag.Duration("duration", 10*time.Second, "length of each pgbench run")
+	rounds := flag.Int("rounds", 3, "rounds, alternating the targets")
+	out := flag.String("out", "bench/RESULTS.md", "where to write the results")
+	pgshieldBin := flag.String("pgshield", "bin/pgshield", "pgshield binary")
+	idle := flag.Int("idle-clients", 5000, "idle clients for the memory measure")
+	many := flag.Int("many-clients", 10000, "concurrent clients for the scale test")
+	flag.Parse()
+	if err := run(*duration, *rounds, *out, *pgshieldBin, *idle, *many); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// env holds everything one bench run started.
+type env struct {
+	dir       string
+	pg        *pgcluster.Cluster
+	pgbench   string
+	shield    *proc // classification on
+	shieldOff *proc // classification off
+	bouncer   *proc
+	log       *strings.Builder
+}
+
+func say(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
+
+func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN, manyN int) error {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "pgshield-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	e := &env{dir: dir, log: &strings.Builder{}}
+
+	say("starting PostgreSQL")
+	e.pg, err = pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dir, "pg"), Settings: map[string]string{"max_connections": "300"}})
+	if err != nil {
+		return err
+	}
+	defer e.pg.Remove()
+	if err := e.pg.CreateRole(ctx, "bench", "bench", true); err != nil {
+		return err
+	}
+	if err := e.pg.CreateDatabase(ctx, "bench", "bench"); err != nil {
+		return err
+	}
+	if e.pgbench, err = tool("pgbench"); err != nil {
+		return err
+	}
+	say("pgbench -i -s 10")
+	if out, err := e.pgbenchCmd(e.pg.Port, "-i", "-s", "10", "-q").CombinedOutput(); err != nil {
+		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
+	}
+
+	if e.shield, err = startPgshield(dir, "on", pgshieldBin, e.pg, false); err != nil {
+		return err
+	}
+	defer e.shield.stop()
+	if e.shieldOff, err = startPgshield(dir, "off", pgshieldBin, e.pg, true); err != nil {
+		return err
+	}
+	defer e.shieldOff.stop()
+	if e.bouncer, err = startPgbouncer(dir, e.pg); err != nil {
+		return err
+	}
+	defer e.bouncer.stop()
+
+	res := &results{duration: duration, rounds: rounds}
+	// Memory first, while both poolers are fresh processes: after load a
+	// warm heap would hide what idle clients cost.
+	say("%d idle clients: memory", idleN)
+	res.idleShield, err = idleMemory(e.shield, idleN)
+	if err != nil {
+		return fmt.Errorf("idle clients through pgshield: %w", err)
+	}
+	res.idleBouncer, err = idleMemory(e.bouncer, idleN)
+	if err != nil {
+		return fmt.Errorf("idle clients through pgbouncer: %w", err)
+	}
+	say("pgbench -S, 50 clients, %d rounds of %s per target and mode", rounds, duration)
+	for r := 0; r < rounds; r++ {
+		for _, mode := range []string{"simple", "extended", "prepared"} {
+			// Alternate the order each round so neither pooler always runs
+			// on a warmer machine.
+			order := []string{"pgshield", "pgbouncer"}
+			if r%2 == 1 {
+				order = []string{"pgbouncer", "pgshield"}
+			}
+			for _, name := range append(order, "direct") {
+				port, clients := e.portOf(name), 50
+				if name == "direct" {
+					clients = 20
+				}
+				m := e.pgbenchS(port, mode, clients, duration)
+				say("round %d %-9s %-8s tps %8.0f  latency %6.2f ms  failed %d %s", r+1, mode, name, m.tps, m.latency, m.failed, m.note)
+				res.add(name, mode, m)
+			}
+		}
+	}
+	say("SQL classification on versus off (simple and prepared)")
+	for r := 0; r < rounds; r++ {
+		for _, mode := range []string{"simple", "prepared"} {
+			for _, name := range []string{"pgshield", "pgshield-noclassify"} {
+				m := e.pgbenchS(e.portOf(name), mode, 50, duration)
+				say("round %d %-9s %-20s tps %8.0f", r+1, mode, name, m.tps)
+				res.add(name+"/classify", mode, m)
+			}
+		}
+	}
+
+	say("%d concurrent clients", manyN)
+	res.manyShield = manyClients(e.shield.port, manyN)
+	res.manyBouncer = manyClients(e.bouncer.port, manyN)
+
+	res.versions = versions(e, pgshieldBin)
+	report := res.markdown(idleN, manyN)
+	fmt.Println(report)
+	return os.WriteFile(outPath, []byte(report), 0o644)
+}
+
+func (e *env) portOf(name string) int {
+	switch name {
+	case "pgshield":
+		return e.shield.port
+	case "pgshield-noclassify":
+		return e.shieldOff.port
+	case "pgbouncer":
+		return e.bouncer.port
+	}
+	return e.pg.Port
+}
+
+func (e *env) pgbenchCmd(port int, args ...string) *exec.Cmd {
+	all := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "bench"}, args...)
+	all = append(all, "bench")
+	cmd := exec.Command(e.pgbench, all...)
+	cmd.Env = append(os.Environ(), "PGPASSWORD=bench", "PGSSLMODE=disable")
+	return cmd
+}
+
+// measure is one pgbench run.
+type measure struct {
+	tps, latency float64
+	failed       int
+	note         string
+}
+
+var (
+	reTPS     = regexp.MustCompile(`tps = ([0-9.]+) \(without initial`)
+	reLatency = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
+	reFailed  = regexp.MustCompile(`number of failed transactions: ([0-9]+)`)
+	reError   = regexp.MustCompile(`(?m)^pgbench: error: (.*)$`)
+)
+
+func (e *env) pgbenchS(port int, mode string, clients int, d time.Duration) measure {
+	cmd := e.pgbenchCmd(port, "-n", "-S", "-M", mode, "-c", strconv.Itoa(clients), "-j", "2", "-T", strconv.Itoa(int(d.Seconds())))
+	out, err := cmd.CombinedOutput()
+	m := measure{}
+	if s := reTPS.FindSubmatch(out); s != nil {
+		m.tps, _ = strconv.ParseFloat(string(s[1]), 64)
+	}
+	if s := reLatency.FindSubmatch(out); s != nil {
+		m.latency, _ = strconv.ParseFloat(string(s[1]), 64)
+	}
+	if s := reFailed.FindSubmatch(out); s != nil {
+		m.failed, _ = strconv.Atoi(string(s[1]))
+	}
+	if err != nil {
+		m.note = "pgbench failed"
+		if s := reError.FindSubmatch(out); s != nil {
+			m.note = "pgbench: " + string(s[1])
+		}
+	}
+	return m
+}
+
+func tool(name string) (string, error) {
+	if dir, err := pgcluster.BinDir(); err == nil {
+		if p := filepath.Join(dir, name); fileExists(p) {
+			return p, nil
+		}
+	}
+	return exec.LookPath(name)
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func versions(e *env, pgshieldBin string) map[string]string {
+	v := map[string]string{"go": runtime.Version(), "cpus": strconv.Itoa(runtime.NumCPU())}
+	if out, err := exec.Command(e.pgbench, "--version").Output(); err == nil {
+		v["pgbench"] = strings.TrimSpace(string(out))
+	}
+	if out, err := exec.Command("pgbouncer", "--version").Output(); err == nil {
+		v["pgbouncer"] = strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
+	}
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		v["pgshield"] = strings.TrimSpace(string(out))
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "model name") {
+				v["cpu"] = strings.TrimSpace(strings.SplitN(sc.Text(), ":", 2)[1])
+				break
+			}
+		}
+		f.Close()
+	}
+	return v
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pgshield/pgshield/internal/pgcluster"
+)
+
+// proc is a pooler under test.
+type proc struct {
+	name string
+	port int
+	cmd  *exec.Cmd
+	pid  int // of the pooler itself (not of a wrapping shell)
+}
+
+func (p *proc) stop() {
+	if p == nil || p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(p.pid, syscall.SIGINT)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+	}
+}
+
+// rssKB reads the resident set size of the pooler process.
+func (p *proc) rssKB() (int, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			return strconv.Atoi(strings.Fields(line)[1])
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", p.pid)
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitListening(port int, cmd *exec.Cmd, logFile string) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
+			c.Close()
+			return nil
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	data, _ := os.ReadFile(logFile)
+	return fmt.Errorf("not listening on %d:\n%s", port, data)
+}
+
+// startPgshield runs pgshield in transaction mode with 20 server
+// connections, trust authentication (as PgBouncer below), and SQL
+// classification on or off.
+func startPgshield(dir, tag, bin string, pg *pgcluster.Cluster, noClassify bool) (*proc, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
+auth_type: trust
+users:
+  - {name: bench, password: bench, service: api}
+max_client_connections: 12000
+disable_classification: %v
+databases:
+  bench: {primary: %s, user: bench, password: bench, server_tls: {mode: disable}}
+services:
+  api: {max_connections: 20, min_connections: 20, pool_mode: transaction}
+log: {level: warn, format: json}
+`, port, noClassify, pg.Addr())
+	path := filepath.Join(dir, "pgshield-"+tag+".yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	logFile := filepath.Join(dir, "pgshield-"+tag+".log")
+	lf, err := os.Create(logFile)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "serve", "--config", path)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{name: "pgshield", port: port, cmd: cmd, pid: cmd.Process.Pid}
+	if err := waitListening(port, cmd, logFile); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startPgbouncer runs PgBouncer (Debian package) in transaction mode with
+// 20 server connections. PgBouncer refuses to run as root, so it runs as
+// the postgres user then.
+func startPgbouncer(dir string, pg *pgcluster.Cluster) (*proc, error) {
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		return nil, fmt.Errorf("pgbouncer not installed (Debian: apt-get install pgbouncer): %w", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	bdir := filepath.Join(dir, "pgbouncer")
+	if err := os.MkdirAll(bdir, 0o777); err != nil {
+		return nil, err
+	}
+	_ = os.Chmod(bdir, 0o777)
+	ini := fmt.Sprintf(`[databases]
+bench = host=127.0.0.1 port=%d dbname=bench user=bench password=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %d
+unix_socket_dir =
+auth_type = trust
+auth_file = %s/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+min_pool_size = 20
+max_db_connections = 20
+max_client_conn = 12000
+logfile = %s/pgbouncer.log
+pidfile = %s/pgbouncer.pid
+ignore_startup_parameters = extra_float_digits
+`, pg.Port, port, bdir, bdir, bdir)
+	if err := os.WriteFile(filepath.Join(bdir, "pgbouncer.ini"), []byte(ini), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(bdir, "userlist.txt"), []byte(`"bench" "bench"`+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	args := []string{filepath.Join(bdir, "pgbouncer.ini")}
+	if os.Geteuid() == 0 {
+		args = append([]string{"-u", "postgres"}, args...)
+	}
+	cmd := exec.Command(bin, args...)
+	logFile := filepath.Join(bdir, "stderr.log")
+	lf, err := os.Create(logFile)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = lf, lf
+	// Enough descriptors for the scale test.
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{name: "pgbouncer", port: port, cmd: cmd, pid: cmd.Process.Pid}
+	if err := waitListening(port, cmd, filepath.Join(bdir, "pgbouncer.log")); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}

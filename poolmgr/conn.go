@@ -234,7 +234,13 @@ func dial(ctx context.Context, p *pool) (*Conn, error) {
 	for k, v := range hc.ParameterStatuses {
 		params[k] = v
 	}
-	br := bufio.NewReaderSize(hc.Conn, serverReadBuf)
+	// Reads bypass the takeover wrapper once nothing is left in it (it is
+	// only in the way of plain TCP; TLS reads through it below tls.Conn).
+	src := hc.Conn
+	if hc.Conn == net.Conn(raw) && raw.drained() {
+		src = raw.Conn
+	}
+	br := bufio.NewReaderSize(src, serverReadBuf)
 	now := time.Now()
 	return &Conn{
 		pool:      p,

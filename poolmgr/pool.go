@@ -156,6 +156,12 @@ func (m *Manager) Acquire(ctx context.Context, service, database, backend string
 		return nil, err
 	}
 	s := m.settings()
+	// Fast path: an idle connection, without arming a wait timer.
+	if res, err := p.p.TryAcquire(ctx); err == nil {
+		if c, ok := m.checkout(res, s); ok {
+			return c, nil
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.WaitTimeout)
 	defer cancel()
 	p.waiting.Add(1)
@@ -176,25 +182,33 @@ func (m *Manager) Acquire(ctx context.Context, service, database, backend string
 			}
 			return nil, err
 		}
-		c := res.Value()
-		c.res = res
-		if time.Now().After(c.expires) {
-			res.Destroy()
-			continue
+		if c, ok := m.checkout(res, s); ok {
+			return c, nil
 		}
-		if res.IdleDuration() > s.HealthCheckInterval {
-			vctx, vcancel := context.WithTimeout(ctx, s.ConnectTimeout)
-			st, err := c.Exec(vctx, "")
-			vcancel()
-			if err != nil || st != 'I' {
-				m.log.Info("dropping server connection that failed validation",
-					zap.String("backend", c.addr), zap.Uint32("pid", c.pid), zap.Error(err))
-				res.Destroy()
-				continue
-			}
-		}
-		return c, nil
 	}
+}
+
+// checkout vets an acquired connection: past its lifetime, or idle longer
+// than the health-check interval and failing validation, it is destroyed.
+func (m *Manager) checkout(res *puddle.Resource[*Conn], s Settings) (*Conn, bool) {
+	c := res.Value()
+	c.res = res
+	if time.Now().After(c.expires) {
+		res.Destroy()
+		return nil, false
+	}
+	if res.IdleDuration() > s.HealthCheckInterval {
+		vctx, vcancel := context.WithTimeout(context.Background(), s.ConnectTimeout)
+		st, err := c.Exec(vctx, "")
+		vcancel()
+		if err != nil || st != 'I' {
+			m.log.Info("dropping server connection that failed validation",
+				zap.String("backend", c.addr), zap.Uint32("pid", c.pid), zap.Error(err))
+			res.Destroy()
+			return nil, false
+		}
+	}
+	return c, true
 }
 
 // pool finds or creates the pool for a key.

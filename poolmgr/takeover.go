@@ -100,3 +100,11 @@ func dialTakeover(timeout time.Duration, out **takeoverConn) func(ctx context.Co
 		return tc, nil
 	}
 }
+
+// drained reports that the takeover left no bytes behind, so the wrapped
+// connection can be read directly.
+func (c *takeoverConn) drained() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.taken && c.early == 0 && len(c.stash) == 0
+}

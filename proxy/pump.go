@@ -55,7 +55,7 @@ func (s *session) pump(srv *poolmgr.Conn, cw *bufio.Writer, done chan struct{}) 
 				return
 			}
 			_ = cw.Flush()
-			if s.readyForQuery(srv, cw, status) {
+			if s.readyForQuery(srv, status) {
 				return
 			}
 			continue
@@ -164,7 +164,7 @@ func (s *session) serverError() *pgError {
 // readyForQuery handles ReadyForQuery, already forwarded. It reports
 // whether the pump is done: the server was released or the session is
 // ending.
-func (s *session) readyForQuery(srv *poolmgr.Conn, cw *bufio.Writer, status byte) bool {
+func (s *session) readyForQuery(srv *poolmgr.Conn, status byte) bool {
 	s.mu.Lock()
 	if h := s.queue.peek(); h != nil && h.typ == 'Q' && !s.entryErr {
 		s.succeeded(h.class)
@@ -204,16 +204,7 @@ func (s *session) readyForQuery(srv *poolmgr.Conn, cw *bufio.Writer, status byte
 		s.mu.Unlock()
 		return true
 	}
-	s.server = nil
-	s.cw = nil
-	s.pumpRunning = false
-	draining := s.draining
-	s.mu.Unlock()
-	s.srv.putWriter(cw)
-	srv.Release()
-	if draining {
-		s.kick()
-	}
+	s.detachReleaseLocked(srv)
 	return true
 }
 

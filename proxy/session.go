@@ -293,6 +293,12 @@ func (s *session) forward(typ byte) error {
 		}
 	}
 
+	return s.writeDone(srv, err)
+}
+
+// writeDone ends a write toward srv begun with s.writing set, and releases
+// the server if the pump found it idle meanwhile and left that to us.
+func (s *session) writeDone(srv *poolmgr.Conn, err error) error {
 	s.mu.Lock()
 	s.writing = false
 	deferred := s.releaseDeferred
@@ -392,18 +398,7 @@ func (s *session) flushServer() error {
 	s.writing = true
 	s.mu.Unlock()
 	err := srv.Writer().Flush()
-	s.mu.Lock()
-	s.writing = false
-	deferred := s.releaseDeferred
-	s.releaseDeferred = false
-	s.mu.Unlock()
-	if err != nil {
-		return s.serverWriteFailed(srv, err)
-	}
-	if deferred {
-		s.releaseIdle()
-	}
-	return nil
+	return s.writeDone(srv, err)
 }
 
 // rejectedSQL is sent to the server in place of a refused message: it fails
@@ -494,9 +489,17 @@ func (s *session) releaseIdle() {
 		s.mu.Unlock()
 		return
 	}
+	s.detachReleaseLocked(srv)
+}
+
+// detachReleaseLocked gives the attached server back to its pool at a safe
+// point and ends the session there if the proxy is draining. s.mu must be
+// held; it is released.
+func (s *session) detachReleaseLocked(srv *poolmgr.Conn) {
 	s.server = nil
 	cw := s.cw
 	s.cw = nil
+	s.pumpRunning = false
 	draining := s.draining
 	s.mu.Unlock()
 	s.srv.putWriter(cw)

@@ -7,11 +7,14 @@
 //
 // # Goroutines and ownership
 //
-// Each session has one goroutine reading the client (session.run). While a
-// server connection is attached, a second goroutine (session.pump) reads the
-// server and writes to the client. The client goroutine is the only writer
-// toward the server; the pump is the only writer toward the client while it
-// runs. Fields shared by the two are guarded by session.mu.
+// Each session has one goroutine reading the client (session.run). Server
+// messages are forwarded to the client by session.pumpLoop, run either by
+// the client goroutine itself when the client waits for ReadyForQuery
+// (afterWrite), or by a second goroutine (session.pump) for pipelines,
+// Flush, COPY IN, session mode and pinned sessions. The client goroutine is
+// the only writer toward the server; whoever runs pumpLoop is the only
+// writer toward the client. Fields shared by the two are guarded by
+// session.mu.
 //
 // # Safe release
 //

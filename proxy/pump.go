@@ -18,10 +18,13 @@ func (s *session) startPumpLocked() {
 	if s.server == nil || s.pumpRunning {
 		return
 	}
-	s.cw = s.srv.getWriter(s.conn)
+	if s.cw == nil {
+		s.cw = s.srv.getWriter(s.conn)
+	}
 	s.pumpDone = make(chan struct{})
 	s.pumpRunning = true
 	s.pumpClean = false
+	s.unpumped = 0
 	go s.pump(s.server, s.cw, s.pumpDone)
 }
 
@@ -29,6 +32,50 @@ func (s *session) startPumpLocked() {
 // at a safe point, the session closes, or the server fails.
 func (s *session) pump(srv *poolmgr.Conn, cw *bufio.Writer, done chan struct{}) {
 	defer close(done)
+	s.pumpLoop(srv, cw, false)
+}
+
+// unpumpedMax bounds what is written to a server while no pump reads its
+// answers: below any socket buffer, so the server can never be blocked on
+// its answers while the proxy is blocked writing to it.
+const unpumpedMax = 32 << 10
+
+// afterWrite decides who reads the server's answers once the client
+// goroutine has forwarded what the client had sent. When the client waits
+// for a ReadyForQuery (it sent Sync or Query and nothing more), the client
+// goroutine reads the answers itself, which saves a goroutine and a handoff
+// per transaction; otherwise (pipelines, Flush, COPY) a pump runs beside it.
+func (s *session) afterWrite(typ byte) {
+	if s.r.Buffered() > 0 && s.unpumped < unpumpedMax {
+		return // forward the rest of what the client sent first
+	}
+	s.mu.Lock()
+	if s.server == nil || s.pumpRunning || s.queue.empty() {
+		s.mu.Unlock()
+		return
+	}
+	if (typ == 'S' || typ == 'Q') && s.r.Buffered() == 0 {
+		srv := s.server
+		if s.cw == nil {
+			s.cw = s.srv.getWriter(s.conn)
+		}
+		cw := s.cw
+		s.pumpRunning, s.pumpClean, s.pumpDone, s.unpumped = true, false, nil, 0
+		s.mu.Unlock()
+		if !s.pumpLoop(srv, cw, true) {
+			return
+		}
+		s.mu.Lock()
+	}
+	s.startPumpLocked()
+	s.mu.Unlock()
+}
+
+// pumpLoop forwards server messages to the client. Run inline by the
+// client goroutine, it stops at ReadyForQuery (or before the client must
+// send COPY data, or when a pinned server may send notifications) and
+// reports whether a background pump must take over.
+func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (handoff bool) {
 	r := srv.Reader()
 	for {
 		if r.Buffered() == 0 && cw.Buffered() > 0 {
@@ -40,23 +87,44 @@ func (s *session) pump(srv *poolmgr.Conn, cw *bufio.Writer, done chan struct{}) 
 		typ, _, err := r.Next()
 		if err != nil {
 			s.pumpFailed(srv, cw, err, true)
-			return
+			return false
 		}
 		switch typ {
 		case 'Z':
 			body, err := r.Body()
 			if err != nil || len(body) != 1 {
 				s.pumpFailed(srv, cw, errMalformedServer, false)
-				return
+				return false
 			}
 			status := body[0]
 			if err := forwardTo(r, cw); err != nil {
 				s.pumpFailed(srv, cw, err, false)
-				return
+				return false
 			}
 			_ = cw.Flush()
 			if s.readyForQuery(srv, status) {
-				return
+				return false
+			}
+			if inline {
+				s.mu.Lock()
+				s.pumpRunning, s.pumpClean = false, true
+				pinned := s.pins != 0
+				s.mu.Unlock()
+				return pinned
+			}
+			continue
+		case 'G', 'W':
+			// COPY FROM STDIN: the client now sends data; it must be read.
+			if err := forwardTo(r, cw); err != nil {
+				s.pumpFailed(srv, cw, err, false)
+				return false
+			}
+			_ = cw.Flush()
+			if inline {
+				s.mu.Lock()
+				s.pumpRunning, s.pumpClean = false, true
+				s.mu.Unlock()
+				return true
 			}
 			continue
 		case 'E':
@@ -80,7 +148,7 @@ func (s *session) pump(srv *poolmgr.Conn, cw *bufio.Writer, done chan struct{}) 
 			body, err := r.Body()
 			if err != nil {
 				s.pumpFailed(srv, cw, err, false)
-				return
+				return false
 			}
 			s.commandComplete(body)
 			s.mu.Lock()
@@ -95,7 +163,7 @@ func (s *session) pump(srv *poolmgr.Conn, cw *bufio.Writer, done chan struct{}) 
 			body, err := r.Body()
 			if err != nil {
 				s.pumpFailed(srv, cw, err, false)
-				return
+				return false
 			}
 			var ps pgproto3.ParameterStatus
 			if ps.Decode(body) == nil {
@@ -104,7 +172,7 @@ func (s *session) pump(srv *poolmgr.Conn, cw *bufio.Writer, done chan struct{}) 
 		}
 		if err := forwardTo(r, cw); err != nil {
 			s.pumpFailed(srv, cw, err, false)
-			return
+			return false
 		}
 	}
 }

@@ -95,6 +95,8 @@ type session struct {
 	dropUntilSync bool   // a refused extended message: skip to Sync
 	needFlush     bool   // bytes written to the server and not flushed
 	wbuf          []byte // rewritten or injected frames for the server
+	unpumped      int    // bytes written to the server since a pump last ran
+	lastSent      byte   // type of the last message written to the server
 
 	mu sync.Mutex // guards the fields below
 	// server is the attached server connection; nil when none.
@@ -248,8 +250,10 @@ func (s *session) forward(typ byte) error {
 		}
 		s.mu.Lock()
 	}
-	s.startPumpLocked()
 	srv := s.server
+	if !s.pumpRunning && s.unpumped+s.r.Len() > unpumpedMax {
+		s.startPumpLocked()
+	}
 	raw := true
 	s.wbuf = s.wbuf[:0]
 	switch {
@@ -284,6 +288,7 @@ func (s *session) forward(typ byte) error {
 	if raw && err == nil {
 		_, err = s.r.WriteTo(w)
 	}
+	s.unpumped += len(s.wbuf) + wire.HeaderLen + s.r.Len()
 	if err == nil {
 		if typ == 'H' || s.r.Buffered() == 0 {
 			err = w.Flush()
@@ -293,7 +298,12 @@ func (s *session) forward(typ byte) error {
 		}
 	}
 
-	return s.writeDone(srv, err)
+	if err := s.writeDone(srv, err); err != nil {
+		return err
+	}
+	s.lastSent = typ
+	s.afterWrite(typ)
+	return nil
 }
 
 // writeDone ends a write toward srv begun with s.writing set, and releases
@@ -398,7 +408,11 @@ func (s *session) flushServer() error {
 	s.writing = true
 	s.mu.Unlock()
 	err := srv.Writer().Flush()
-	return s.writeDone(srv, err)
+	if err := s.writeDone(srv, err); err != nil {
+		return err
+	}
+	s.afterWrite(s.lastSent)
+	return nil
 }
 
 // rejectedSQL is sent to the server in place of a refused message: it fails
@@ -444,6 +458,7 @@ func (s *session) attach(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.server = conn
+	s.pumpClean = true
 	s.txStatus = 'I'
 	s.queue.reset()
 	s.skipping = false
@@ -568,7 +583,7 @@ func (s *session) close() {
 	s.mu.Lock()
 	srv = s.server
 	s.server = nil
-	clean := s.queue.empty() && (done == nil || s.pumpClean) && !s.needFlush
+	clean := s.queue.empty() && s.pumpClean && !s.needFlush
 	status := s.txStatus
 	pins := s.pins
 	s.unpinLocked(s.pins)

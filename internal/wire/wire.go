@@ -93,6 +93,9 @@ func (r *Reader) Next() (typ byte, n int, err error) {
 	return r.typ, r.n, nil
 }
 
+// Len returns the body length of the current message.
+func (r *Reader) Len() int { return r.n }
+
 // Frame returns the whole current message, header included. The slice
 // aliases the reader's buffer when the frame fits in it.
 func (r *Reader) Frame() ([]byte, error) {

@@ -31,7 +31,6 @@ const noopStatement = "pgshield.noop"
 
 var (
 	msgParseComplete = []byte{'1', 0, 0, 0, 4}
-	msgCloseComplete = []byte{'3', 0, 0, 0, 4}
 	nul              = []byte{0}
 	noopClose        = wire.AppendFrame(nil, 'C', []byte{'S'}, []byte(noopStatement), nul)
 )

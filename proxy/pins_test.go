@@ -51,6 +51,34 @@ func TestPinningAndRelease(t *testing.T) {
 		})
 	}
 
+	// LOAD cannot be undone: the client stays pinned, and its server is
+	// closed, not reused, when it leaves.
+	t.Run("load", func(t *testing.T) {
+		owner := e.connect(t, "tiny", "default_query_exec_mode=simple_protocol")
+		if _, err := owner.Exec(ctx, "load 'auto_explain'"); err != nil {
+			t.Skipf("auto_explain not available: %v", err)
+		}
+		waitPinned(t, e, 1)
+		var pid int
+		if err := owner.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := owner.Exec(ctx, "discard all"); err != nil {
+			t.Fatal(err)
+		}
+		waitPinned(t, e, 1) // DISCARD ALL does not unload a library
+		_ = owner.Close(context.Background())
+		waitPinned(t, e, 0)
+		next := e.connect(t, "tiny", "")
+		var nextPid int
+		if err := next.QueryRow(ctx, "select pg_backend_pid()").Scan(&nextPid); err != nil {
+			t.Fatal(err)
+		}
+		if nextPid == pid {
+			t.Fatal("the server that loaded a library was reused")
+		}
+	})
+
 	// A pinned client that disconnects leaves nothing behind: the next
 	// client finds no listener, lock, temporary table or setting.
 	t.Run("disconnect", func(t *testing.T) {

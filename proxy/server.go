@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -276,22 +277,12 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 func reportedParams(server, client map[string]string) [][2]string {
 	out := make([][2]string, 0, len(server))
 	for name, v := range server {
-		if cv, ok := client[lower(name)]; ok {
+		if cv, ok := client[strings.ToLower(name)]; ok {
 			v = cv
 		}
 		out = append(out, [2]string{name, v})
 	}
 	return out
-}
-
-func lower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
 }
 
 func (s *Server) cachedParams(db string) map[string]string {

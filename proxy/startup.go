@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -167,28 +168,19 @@ func parseStartupParams(b []byte) (map[string]string, error) {
 			}
 			return params, nil
 		}
-		i := indexByte(b, 0)
+		i := bytes.IndexByte(b, 0)
 		if i < 0 {
 			return nil, bad
 		}
 		name := string(b[:i])
 		b = b[i+1:]
-		j := indexByte(b, 0)
+		j := bytes.IndexByte(b, 0)
 		if j < 0 {
 			return nil, bad
 		}
 		params[name] = string(b[:j])
 		b = b[j+1:]
 	}
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // parseOptions reads the "options" startup parameter: command-line style

@@ -1,5 +1,7 @@
 package router
 
+import "bytes"
+
 // normalize appends to dst the query text with every string and numeric
 // literal replaced by '?', so texts that differ only in literals share a
 // key. It reports false when the text cannot be scanned with confidence
@@ -50,10 +52,11 @@ func normalize(dst, q []byte) ([]byte, bool) {
 			}
 			if j < len(q) && q[j] == '$' {
 				tag := q[i : j+1]
-				end := indexFrom(q, tag, j+1)
+				end := bytes.Index(q[j+1:], tag)
 				if end < 0 {
 					return dst, false
 				}
+				end += j + 1
 				dst = append(dst, '?')
 				i = end + len(tag)
 				continue
@@ -120,13 +123,4 @@ func skipString(q []byte, i int, escapes bool) (int, bool) {
 		}
 	}
 	return i, false
-}
-
-func indexFrom(q, sep []byte, from int) int {
-	for i := from; i+len(sep) <= len(q); i++ {
-		if string(q[i:i+len(sep)]) == string(sep) {
-			return i
-		}
-	}
-	return -1
 }

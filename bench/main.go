@@ -102,6 +102,11 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN,
 	if err != nil {
 		return fmt.Errorf("idle clients through pgbouncer: %w", err)
 	}
+	// A short unmeasured run per target first: a pooler that sat idle
+	// otherwise pays its warm-up inside the first measured run.
+	for _, name := range []string{"pgshield", "pgshield-noclassify", "pgbouncer", "direct"} {
+		e.pgbenchS(e.portOf(name), "simple", 20, 2*time.Second)
+	}
 	say("pgbench -S, 50 clients, %d rounds of %s per target and mode", rounds, duration)
 	for r := 0; r < rounds; r++ {
 		for _, mode := range []string{"simple", "extended", "prepared"} {

@@ -39,6 +39,15 @@ func (r *results) med(target, mode string) (tps, lat float64, failed int, note s
 	return median(ts), median(ls), failed, note
 }
 
+// failures renders pgbench's failed-transaction count, or that clients
+// aborted (pgbench then counts no failure but the run did not complete).
+func failures(n int, note string) string {
+	if note != "" {
+		return "clients aborted"
+	}
+	return fmt.Sprint(n)
+}
+
 func ratio(a, b float64) string {
 	if b == 0 {
 		return "n/a"
@@ -64,7 +73,8 @@ func (r *results) markdown(idleN, manyN int) string {
 		st, sl, sf, _ := r.med("pgshield", mode)
 		bt, bl, bf, bnote := r.med("pgbouncer", mode)
 		dt, _, _, _ := r.med("direct", mode)
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %.2f | %.2f | %s | %s | %d / %d |\n", mode, st, bt, dt, sl, bl, ratio(st, bt), ratio(st, dt), sf, bf)
+		_, _, _, snote := r.med("pgshield", mode)
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %.2f | %.2f | %s | %s | %s / %s |\n", mode, st, bt, dt, sl, bl, ratio(st, bt), ratio(st, dt), failures(sf, snote), failures(bf, bnote))
 		if bnote != "" {
 			fmt.Fprintf(&b, "\nPgBouncer in %s mode: %s\n\n", mode, bnote)
 		}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -70,6 +71,8 @@ func toPgError(err error) *pgError {
 			detail: serverErr.Detail, hint: serverErr.Hint}
 	case errors.Is(err, poolmgr.ErrUnknownDatabase):
 		return &pgError{severity: "FATAL", code: codeInvalidCatalog, message: err.Error()}
+	case errors.Is(err, context.Canceled):
+		return &pgError{severity: "FATAL", code: codeAdminShutdown, message: "terminating connection: pgshield is shutting down"}
 	case errors.Is(err, poolmgr.ErrClosed):
 		return &pgError{severity: "FATAL", code: codeAdminShutdown, message: "pgshield is shutting down"}
 	case errors.As(err, &tooLarge):

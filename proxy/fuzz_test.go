@@ -107,7 +107,7 @@ func runClientBytes(t *testing.T, data []byte) []byte {
 	client, server := net.Pipe()
 	br := bufio.NewReaderSize(server, clientReadBuf)
 	sess := &session{srv: srv, log: zap.NewNop(), conn: server, br: br, r: wire.NewReader(br, 1<<12),
-		mode: poolmgr.ModeTransaction, txStatus: 'I', service: "api", database: "db"}
+		mode: poolmgr.ModeTransaction, txStatus: 'I', service: "api", database: "db", ctx: context.Background()}
 	done := make(chan struct{})
 	go func() { defer close(done); sess.run() }()
 	var out bytes.Buffer

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -900,21 +899,11 @@ func TestLifecycleInvalidStartupSettings(t *testing.T) {
 	}
 }
 
-// lcKnownBug skips a test that reproduces a known proxy bug unless
-// PGSHIELD_RUN_KNOWN_BUGS is set; remove the call once the bug is fixed.
-func lcKnownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("PGSHIELD_RUN_KNOWN_BUGS") == "" {
-		t.Skip("known proxy bug (set PGSHIELD_RUN_KNOWN_BUGS=1 to run): " + bug)
-	}
-}
-
 // An idle transaction-mode client that holds its server because of session
 // state (here LISTEN) is between transactions: Shutdown should tell it 57P01
 // at once, like any idle client, not hold the whole shutdown until its
 // deadline and then drop it without a word.
 func TestLifecycleShutdownPinnedIdleClient(t *testing.T) {
-	lcKnownBug(t, "session.drain treats a pinned transaction-mode session as busy")
 	e := startProxy(t, nil)
 	ctx := ctxT(t)
 	pinned := e.connect(t, "app", "default_query_exec_mode=simple_protocol")
@@ -945,7 +934,6 @@ func TestLifecycleShutdownPinnedIdleClient(t *testing.T) {
 // the statement it was waiting to run must then not run, whether the server
 // it waits for is freed by a commit or by the shutdown deadline.
 func TestLifecycleShutdownWhileWaitingForServer(t *testing.T) {
-	lcKnownBug(t, "a session blocked in Acquire is told 57P01 but then gets a server and runs the statement")
 	for _, holderCommits := range []bool{true, false} {
 		name := "server freed during shutdown"
 		if !holderCommits {

@@ -226,6 +226,7 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 		user: userName, database: database, service: service, mode: svc.PoolMode,
 		settings: settings, connectedAt: time.Now(), txStatus: 'I',
 	}
+	sess.ctx, sess.cancel = context.WithCancel(context.Background())
 	sess.startupSQL, _ = settingsSQL(settings)
 	sess.settingsSQL, sess.settingsKey = sess.startupSQL, sess.startupSQL
 	sess.r.SetMax(rt.cfg.MaxMessageSize)

@@ -78,6 +78,8 @@ type session struct {
 	log *zap.Logger
 
 	// Set at login, then read-only.
+	ctx         context.Context // cancelled when the session is told to end
+	cancel      context.CancelFunc
 	id          uint32
 	secret      []byte
 	user        string
@@ -245,7 +247,7 @@ func (s *session) forward(typ byte) error {
 			}
 		}
 		s.mu.Unlock()
-		if err := s.attach(context.Background()); err != nil {
+		if err := s.attach(s.ctx); err != nil {
 			return s.attachFailed(typ, err)
 		}
 		s.mu.Lock()
@@ -592,6 +594,7 @@ func (s *session) close() {
 	s.mu.Unlock()
 	s.srv.putWriter(cw)
 	s.srv.unregister(s)
+	s.stop()
 	_ = s.conn.Close()
 	if srv == nil {
 		return
@@ -630,9 +633,10 @@ func (s *session) close() {
 func (s *session) drain() {
 	s.mu.Lock()
 	s.draining = true
-	idle := (s.server == nil || (s.mode == poolmgr.ModeSession && s.queue.empty() && s.txStatus == 'I')) && !s.closing
-	if idle && s.server != nil && s.pumpDone != nil {
-		// A session-mode client between transactions: stop here.
+	// Idle: no server, or one between transactions (session mode, or a
+	// transaction-mode client pinned to it by session state).
+	idle := !s.closing && (s.server == nil || (s.queue.empty() && s.txStatus == 'I'))
+	if idle && s.server != nil {
 		s.closing = true
 	}
 	s.mu.Unlock()
@@ -644,19 +648,34 @@ func (s *session) drain() {
 // kick tells an idle client the proxy is shutting down and closes it; the
 // client goroutine then cleans up.
 func (s *session) kick() {
+	s.stop()
 	_ = s.writeDirect(fatalf(codeAdminShutdown, "terminating connection: pgshield is shutting down").response())
 	_ = s.conn.Close()
+}
+
+// stop cancels what the session waits for (a server from the pool), so a
+// client that was told it is disconnected never has its statement run.
+func (s *session) stop() {
+	if s.cancel != nil {
+		s.cancel()
+	}
 }
 
 // forceClose closes the client connection (and wakes the pump) whatever it
 // is doing; used when the shutdown deadline has passed.
 func (s *session) forceClose() {
+	s.stop()
 	s.mu.Lock()
 	s.closing = true
 	if s.server != nil {
 		_ = s.server.NetConn().SetReadDeadline(time.Now())
 	}
+	pumping := s.pumpRunning
 	s.mu.Unlock()
+	if !pumping {
+		// Nobody else is writing to the client: say why it ends.
+		_ = s.writeDirect(fatalf(codeAdminShutdown, "terminating connection: pgshield shutdown timeout reached").response())
+	}
 	_ = s.conn.Close()
 }
 

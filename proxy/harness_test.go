@@ -72,8 +72,8 @@ func startProxy(t *testing.T, mutate func(*proxyConfig, *poolConfig)) *env {
 		},
 		Services: map[string]poolmgr.ServiceConfig{
 			"api":          {MaxConnections: 5, MinConnections: 1, PoolMode: poolmgr.ModeTransaction},
-			"data-service": {MaxConnections: 5, MinConnections: 0, PoolMode: poolmgr.ModeSession},
-			"analytics":    {MaxConnections: 1, MinConnections: 0, PoolMode: poolmgr.ModeTransaction},
+			"data-service": {MaxConnections: 5, MinConnections: 1, PoolMode: poolmgr.ModeSession},
+			"analytics":    {MaxConnections: 1, MinConnections: 1, PoolMode: poolmgr.ModeTransaction},
 		},
 		Pool: poolmgr.Settings{WaitTimeout: 3 * time.Second},
 	}

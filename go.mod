@@ -7,6 +7,7 @@ require (
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/jackc/puddle/v2 v2.2.3
 	github.com/pganalyze/pg_query_go/v6 v6.2.5
+	github.com/sony/gobreaker/v2 v2.4.0
 	github.com/xdg-go/scram v1.4.0
 	go.uber.org/zap v1.28.0
 	google.golang.org/protobuf v1.33.0

@@ -56,6 +56,12 @@ type Settings struct {
 	MaxLifetime         time.Duration `yaml:"max_lifetime"`
 	HealthCheckInterval time.Duration `yaml:"health_check_interval"`
 	WaitTimeout         time.Duration `yaml:"wait_timeout"`
+	// BreakerFailures is the number of consecutive failed dials or checks
+	// that opens a backend's circuit breaker.
+	BreakerFailures int `yaml:"breaker_failures"`
+	// BreakerTimeout is how long a breaker stays open before one probe may
+	// try the backend again (half-open).
+	BreakerTimeout time.Duration `yaml:"breaker_timeout"`
 }
 
 // Config is everything poolmgr needs.
@@ -95,6 +101,8 @@ func DefaultSettings() Settings {
 		MaxLifetime:         time.Hour,
 		HealthCheckInterval: 60 * time.Second,
 		WaitTimeout:         30 * time.Second,
+		BreakerFailures:     5,
+		BreakerTimeout:      5 * time.Second,
 	}
 }
 
@@ -143,6 +151,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if out.Pool.WaitTimeout == 0 {
 		out.Pool.WaitTimeout = def.WaitTimeout
+	}
+	if out.Pool.BreakerFailures == 0 {
+		out.Pool.BreakerFailures = def.BreakerFailures
+	}
+	if out.Pool.BreakerTimeout == 0 {
+		out.Pool.BreakerTimeout = def.BreakerTimeout
 	}
 	if out.DefaultService == "" {
 		out.DefaultService = ServiceAPI
@@ -213,11 +227,14 @@ func (c Config) Validate() error {
 	}{
 		{"connect_timeout", c.Pool.ConnectTimeout}, {"idle_timeout", c.Pool.IdleTimeout},
 		{"max_lifetime", c.Pool.MaxLifetime}, {"health_check_interval", c.Pool.HealthCheckInterval},
-		{"wait_timeout", c.Pool.WaitTimeout},
+		{"wait_timeout", c.Pool.WaitTimeout}, {"breaker_timeout", c.Pool.BreakerTimeout},
 	} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("pool.%s must be positive", d.name))
 		}
+	}
+	if c.Pool.BreakerFailures < 1 {
+		errs = append(errs, errors.New("pool.breaker_failures must be at least 1"))
 	}
 	return errors.Join(errs...)
 }

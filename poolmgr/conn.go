@@ -27,8 +27,10 @@ const (
 // Conn is one server connection. While acquired it belongs to exactly one
 // client session; the fields below are owned by that holder.
 type Conn struct {
-	pool *pool
-	res  *puddle.Resource[*Conn]
+	pool    *pool
+	res     *puddle.Resource[*Conn]
+	backend *backend     // set once dialled through a backend's breaker
+	tcp     *net.TCPConn // under TLS, for the liveness check
 
 	netConn   net.Conn
 	br        *bufio.Reader
@@ -180,6 +182,72 @@ func (c *Conn) ReadUntilReady() (txStatus byte, err error) {
 	}
 }
 
+// QueryRow runs sql with the simple query protocol and returns the text
+// values of its first row (nil for NULL), reading up to ReadyForQuery.
+func (c *Conn) QueryRow(ctx context.Context, sql string) ([][]byte, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.netConn.SetDeadline(dl)
+		defer func() { _ = c.netConn.SetDeadline(time.Time{}) }()
+	}
+	buf, err := (&pgproto3.Query{String: sql}).Encode(c.w.AvailableBuffer())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.w.Write(buf); err != nil {
+		return nil, err
+	}
+	if err := c.w.Flush(); err != nil {
+		return nil, err
+	}
+	var row [][]byte
+	var pgErr error
+	for {
+		typ, _, err := c.r.Next()
+		if err != nil {
+			return nil, err
+		}
+		switch typ {
+		case 'D':
+			body, err := c.r.Body()
+			if err != nil {
+				return nil, err
+			}
+			if row == nil {
+				var dr pgproto3.DataRow
+				if err := dr.Decode(body); err != nil {
+					return nil, err
+				}
+				row = make([][]byte, len(dr.Values))
+				for i, v := range dr.Values {
+					if v != nil {
+						row[i] = append([]byte{}, v...)
+					}
+				}
+			}
+		case 'E':
+			body, err := c.r.Body()
+			if err != nil {
+				return nil, err
+			}
+			var msg pgproto3.ErrorResponse
+			if err := msg.Decode(body); err != nil {
+				return nil, err
+			}
+			if pgErr == nil {
+				pgErr = pgconn.ErrorResponseToPgError(&msg)
+			}
+		case 'Z':
+			if pgErr != nil {
+				return nil, pgErr
+			}
+			if row == nil {
+				return nil, errors.New("query returned no row")
+			}
+			return row, nil
+		}
+	}
+}
+
 // SetParam records a ParameterStatus the holder saw pass through.
 func (c *Conn) SetParam(name, value string) {
 	if c.params[name] == value {
@@ -252,6 +320,7 @@ func dial(ctx context.Context, p *pool) (*Conn, error) {
 		pid:       hc.PID,
 		secretKey: append([]byte(nil), hc.SecretKey...),
 		params:    params,
+		tcp:       tcpOf(raw),
 		created:   now,
 		expires:   now.Add(jitter(p.mgr.settings().MaxLifetime)),
 	}, nil

@@ -69,6 +69,14 @@ type Manager struct {
 	cfgSettings atomic.Pointer[Settings]
 	stop        context.CancelFunc
 	done        chan struct{}
+
+	bmu      sync.Mutex // guards backends, onEvent, monitors and primaries
+	backends map[string]*backend
+	onEvent  func(BackendEvent)
+	monitors map[Key]*Conn
+	// primaries overrides the configured primary of a database after a
+	// failover.
+	primaries map[string]string
 }
 
 type pool struct {
@@ -90,7 +98,8 @@ func New(cfg Config, log *zap.Logger) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	m := &Manager{log: log, cfg: cfg, pools: make(map[Key]*pool)}
+	m := &Manager{log: log, cfg: cfg, pools: make(map[Key]*pool),
+		backends: make(map[string]*backend), monitors: make(map[Key]*Conn), primaries: make(map[string]string)}
 	s := cfg.Pool
 	m.cfgSettings.Store(&s)
 	return m, nil
@@ -197,6 +206,16 @@ func (m *Manager) checkout(res *puddle.Resource[*Conn], s Settings) (*Conn, bool
 		res.Destroy()
 		return nil, false
 	}
+	// A connection idle for a while may have been closed by its server
+	// (restart, failover): check before handing it out, so that the
+	// client's request is sent on a live connection instead.
+	if res.IdleDuration() > time.Second && !c.alive() {
+		m.log.Info("dropping server connection closed by the server",
+			zap.String("backend", c.addr), zap.Uint32("pid", c.pid))
+		res.Destroy()
+		go m.notify(BackendEvent{Backend: c.addr, Failed: true})
+		return nil, false
+	}
 	if res.IdleDuration() > s.HealthCheckInterval {
 		vctx, vcancel := context.WithTimeout(context.Background(), s.ConnectTimeout)
 		st, err := c.Exec(vctx, "")
@@ -227,7 +246,7 @@ func (m *Manager) pool(service, database, backend string) (*pool, error) {
 		return nil, fmt.Errorf("%w %q", ErrUnknownService, service)
 	}
 	if backend == "" {
-		backend = db.Primary
+		backend = m.primaryLocked(database, db)
 	}
 	key := Key{Service: service, Database: database, Backend: backend}
 	if p, ok := m.pools[key]; ok {
@@ -242,14 +261,19 @@ func (m *Manager) newPoolLocked(key Key, db DatabaseConfig, svc ServiceConfig) (
 		Constructor: func(ctx context.Context) (*Conn, error) {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.settings().ConnectTimeout)
 			defer cancel()
-			c, err := dial(ctx, p)
+			c, err := m.dialWithRetry(ctx, key.Backend, func(ctx context.Context) (*Conn, error) { return dial(ctx, p) })
 			if err != nil {
 				p.dialErrors.Add(1)
 				return nil, &DialError{Backend: key.Backend, Err: err}
 			}
 			return c, nil
 		},
-		Destructor: func(c *Conn) { _ = c.netConn.Close() },
+		Destructor: func(c *Conn) {
+			if c.backend != nil {
+				c.backend.untrack(c)
+			}
+			_ = c.netConn.Close()
+		},
 		MaxSize:    int32(svc.MaxConnections),
 	})
 	if err != nil {
@@ -258,6 +282,33 @@ func (m *Manager) newPoolLocked(key Key, db DatabaseConfig, svc ServiceConfig) (
 	p.p = pp
 	m.pools[key] = p
 	return p, nil
+}
+
+// primaryLocked returns the primary of a database: the configured one
+// unless a failover replaced it. m.mu must be held.
+func (m *Manager) primaryLocked(name string, db DatabaseConfig) string {
+	m.bmu.Lock()
+	defer m.bmu.Unlock()
+	if p, ok := m.primaries[name]; ok {
+		return p
+	}
+	return db.Primary
+}
+
+// primaryOf returns the primary of a database.
+func (m *Manager) primaryOf(name string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.primaryLocked(name, m.cfg.Databases[name])
+}
+
+// SetPrimary records that addr is now the primary of a database (after a
+// failover, or when discovery finds a different primary than configured):
+// it receives the minimum connections, and Acquire with backend "" uses it.
+func (m *Manager) SetPrimary(database, addr string) {
+	m.bmu.Lock()
+	m.primaries[database] = addr
+	m.bmu.Unlock()
 }
 
 // maintain trims idle and expired connections and opens up to the minimum.
@@ -269,8 +320,9 @@ func (m *Manager) maintain(ctx context.Context) {
 	}
 	// Every primary pool exists from the start so that its minimum is kept.
 	for dbName, db := range m.cfg.Databases {
+		primary := m.primaryLocked(dbName, db)
 		for svcName, svc := range m.cfg.Services {
-			key := Key{Service: svcName, Database: dbName, Backend: db.Primary}
+			key := Key{Service: svcName, Database: dbName, Backend: primary}
 			if _, ok := m.pools[key]; !ok {
 				if _, err := m.newPoolLocked(key, db, svc); err != nil {
 					m.log.Error("creating pool", zap.Error(err))
@@ -286,19 +338,25 @@ func (m *Manager) maintain(ctx context.Context) {
 
 	s := m.settings()
 	for _, p := range pools {
+		// Only primary pools keep a minimum; replica pools (and those of a
+		// former primary) open on demand and shrink when idle.
+		keepMin := p.key.Backend == m.primaryOf(p.key.Database)
+		if m.Breaker(p.key.Backend) == BreakerOpen {
+			continue // nothing to open, and idle ones were closed
+		}
 		idle := p.p.AcquireAllIdle()
 		total := int(p.p.Stat().TotalResources())
 		now := time.Now()
 		for _, res := range idle {
 			c := res.Value()
-			if total > p.svc.MinConnections && (res.IdleDuration() > s.IdleTimeout || now.After(c.expires)) {
+			if (total > p.svc.MinConnections || !keepMin) && (res.IdleDuration() > s.IdleTimeout || now.After(c.expires)) {
 				res.Destroy()
 				total--
 				continue
 			}
 			res.ReleaseUnused()
 		}
-		for i := total; i < p.svc.MinConnections; i++ {
+		for i := total; i < p.svc.MinConnections && keepMin; i++ {
 			if ctx.Err() != nil {
 				return
 			}
@@ -399,6 +457,12 @@ func (m *Manager) Close(ctx context.Context) {
 		m.stop()
 		<-m.done
 	}
+	m.bmu.Lock()
+	for k, c := range m.monitors {
+		c.closeMonitor()
+		delete(m.monitors, k)
+	}
+	m.bmu.Unlock()
 	var wg sync.WaitGroup
 	for _, p := range pools {
 		wg.Add(1)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/wire"
 	"github.com/pgshield/pgshield/poolmgr"
+	"github.com/pgshield/pgshield/router"
 )
 
 // SQLSTATEs the proxy itself reports.
@@ -69,6 +70,10 @@ func toPgError(err error) *pgError {
 	case errors.As(err, &serverErr):
 		return &pgError{severity: serverErr.Severity, code: serverErr.Code, message: serverErr.Message,
 			detail: serverErr.Detail, hint: serverErr.Hint}
+	case errors.Is(err, router.ErrFailingOver):
+		return &pgError{severity: "ERROR", code: codeCannotConnectNow,
+			message: "the database system is failing over: " + err.Error(),
+			hint:    "retry shortly; pgshield routes to the new primary as soon as it is found"}
 	case errors.Is(err, poolmgr.ErrUnknownDatabase):
 		return &pgError{severity: "FATAL", code: codeInvalidCatalog, message: err.Error()}
 	case errors.Is(err, context.Canceled):

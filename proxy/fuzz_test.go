@@ -100,7 +100,7 @@ func (noServers) Config() poolmgr.Config {
 // runClientBytes feeds data to a transaction-mode session whose pool has no
 // server and returns everything the session wrote back.
 func runClientBytes(t *testing.T, data []byte) []byte {
-	srv, err := New(Config{Users: []User{{Name: "app", Password: "x"}}, MaxMessageSize: 1 << 12}, noServers{}, zap.NewNop())
+	srv, err := New(Config{Users: []User{{Name: "app", Password: "x"}}, MaxMessageSize: 1 << 12}, noServers{}, nil, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/pgshield/pgshield/internal/pgcluster"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/proxy"
+	"github.com/pgshield/pgshield/router"
 )
 
 // pg is the PostgreSQL cluster shared by this package's integration tests,
@@ -49,6 +50,7 @@ type env struct {
 	addr  string
 	srv   *proxy.Server
 	pools *poolmgr.Manager
+	topo  *router.Topology
 	pcfg  proxy.Config
 	mcfg  poolmgr.Config
 }
@@ -63,6 +65,12 @@ var testUsers = []proxy.User{
 
 // startProxy runs a proxy for the test; mutate adjusts the configuration.
 func startProxy(t *testing.T, mutate func(*proxyConfig, *poolConfig)) *env {
+	t.Helper()
+	return startProxyRouted(t, mutate, nil)
+}
+
+// startProxyRouted is startProxy with a routing configuration as well.
+func startProxyRouted(t *testing.T, mutate func(*proxyConfig, *poolConfig), routing func(*router.TopologyConfig)) *env {
 	t.Helper()
 	pcfg := proxy.Config{Listen: "127.0.0.1:0", Users: testUsers, ShutdownTimeout: 5 * time.Second}
 	mcfg := poolmgr.Config{
@@ -88,7 +96,13 @@ func startProxy(t *testing.T, mutate func(*proxyConfig, *poolConfig)) *env {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	pools.Start(ctx)
-	srv, err := proxy.New(pcfg, pools, log)
+	var rcfg router.TopologyConfig
+	if routing != nil {
+		routing(&rcfg)
+	}
+	topo := proxy.NewTopology(rcfg, pools, log.Named("router"))
+	topo.Start(ctx)
+	srv, err := proxy.New(pcfg, pools, topo, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,11 +120,12 @@ func startProxy(t *testing.T, mutate func(*proxyConfig, *poolConfig)) *env {
 		}
 		pools.Close(sctx)
 		cancel()
+		topo.Close()
 		if err := <-served; err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return &env{addr: ln.Addr().String(), srv: srv, pools: pools, pcfg: pcfg, mcfg: mcfg}
+	return &env{addr: ln.Addr().String(), srv: srv, pools: pools, topo: topo, pcfg: pcfg, mcfg: mcfg}
 }
 
 // url is a connection string to the proxy for user (password from

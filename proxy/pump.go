@@ -240,6 +240,7 @@ func (s *session) readyForQuery(srv *poolmgr.Conn, status byte) bool {
 	s.entryErr = false
 	s.queue.pop()
 	s.txStatus = status
+	s.idle.Broadcast()
 	s.settleLocked(status, srv)
 	if s.closing {
 		s.pumpClean = true
@@ -286,16 +287,22 @@ func (s *session) pumpFailed(srv *poolmgr.Conn, cw *bufio.Writer, err error, atB
 	if s.closing {
 		// close() woke us; it decides what happens to srv.
 		s.pumpClean = atBoundary
+		s.idle.Broadcast()
 		s.mu.Unlock()
 		return
 	}
 	s.closing = true
 	if s.server == srv {
 		s.server = nil
+		s.detachedLocked()
 	}
 	s.cw = nil
+	s.idle.Broadcast()
 	s.mu.Unlock()
 	srv.Destroy()
+	if s.srv.topo != nil {
+		s.srv.topo.Report(srv.Backend())
+	}
 	s.log.Warn("server connection lost", zap.String("backend", srv.Backend()), zap.Error(err))
 	msg := fatalf(codeConnectionFailure, "server connection to %s was lost", srv.Backend())
 	msg.hint = "the statement may or may not have run; reconnect and check"

@@ -44,6 +44,7 @@ type Server struct {
 	params    map[string]map[string]string // database -> ParameterStatus of a server
 
 	classifier *router.Classifier // nil when classification is off
+	topo       *router.Topology   // nil: every client goes to the configured primary
 
 	clients atomic.Int64
 	pinned  atomic.Int64
@@ -51,8 +52,8 @@ type Server struct {
 }
 
 // New validates cfg and returns a Server. pools provides server connections.
-func New(cfg Config, pools Pools, log *zap.Logger) (*Server, error) {
-	s := &Server{log: log, pools: pools, sessions: make(map[uint32]*session), params: make(map[string]map[string]string)}
+func New(cfg Config, pools Pools, topo *router.Topology, log *zap.Logger) (*Server, error) {
+	s := &Server{log: log, pools: pools, topo: topo, sessions: make(map[uint32]*session), params: make(map[string]map[string]string)}
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
 	}
@@ -227,6 +228,11 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 		settings: settings, connectedAt: time.Now(), txStatus: 'I',
 	}
 	sess.ctx, sess.cancel = context.WithCancel(context.Background())
+	sess.idle.L = &sess.mu
+	if s.topo != nil && svc.PoolMode == poolmgr.ModeTransaction && s.classifier != nil &&
+		svc.Reads != readsPrimary && len(cfg.Databases[database].Replicas) > 0 {
+		sess.routing, sess.reads = true, svc.Reads
+	}
 	sess.startupSQL, _ = settingsSQL(settings)
 	sess.settingsSQL, sess.settingsKey = sess.startupSQL, sess.startupSQL
 	sess.r.SetMax(rt.cfg.MaxMessageSize)
@@ -236,7 +242,11 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 	// mode its server is attached now; otherwise a cached copy serves.
 	serverParams := s.cachedParams(database)
 	if svc.PoolMode == poolmgr.ModeSession || serverParams == nil {
-		if err := sess.attach(ctx); err != nil {
+		addr, err := sess.primary(ctx)
+		if err == nil {
+			err = sess.attach(ctx, addr, nil)
+		}
+		if err != nil {
 			return nil, toPgError(err)
 		}
 		serverParams = sess.server.Params()

@@ -130,6 +130,15 @@ type session struct {
 	draining        bool          // end the session at the next safe point
 	settingsSQL     string        // startup settings and tracked SETs, replayed on attach
 	settingsKey     string        // identifies settingsSQL; servers record what they have
+	// idle is signalled at every ReadyForQuery and when the pump fails.
+	idle sync.Cond
+
+	// Read routing (see routing.go). reads and routing are set at login.
+	reads     string
+	routing   bool
+	node      *router.Node // the node attached for reads; nil on the primary
+	wrote     bool         // something that may write ran on the attached primary
+	lastWrite time.Time    // when the client's last writing transaction ended
 
 	// Owned by the pump: effects of statements that succeeded since the
 	// last ReadyForQuery, and of those inside the open transaction block.
@@ -233,6 +242,15 @@ func (s *session) forward(typ byte) error {
 		class = s.classify(typ, body)
 	}
 	s.mu.Lock()
+	if s.routing && s.server != nil && s.mustRerouteLocked(typ, body, class) {
+		// Still on a replica, and this batch may write: let the replica
+		// finish, then route it afresh.
+		s.mu.Unlock()
+		if err := s.settleOutstanding(); err != nil {
+			return err
+		}
+		s.mu.Lock()
+	}
 	if s.server == nil {
 		if !answered(typ) {
 			// Flush with nothing outstanding does nothing; copy messages
@@ -246,11 +264,18 @@ func (s *session) forward(typ byte) error {
 				return err
 			}
 		}
+		var node *router.Node
+		if s.routing {
+			node = s.routeLocked(typ, body, class)
+		}
 		s.mu.Unlock()
-		if err := s.attach(s.ctx); err != nil {
+		if err := s.attachRouted(node); err != nil {
 			return s.attachFailed(typ, err)
 		}
 		s.mu.Lock()
+	}
+	if s.routing {
+		s.noteWriteLocked(typ, class)
 	}
 	srv := s.server
 	if !s.pumpRunning && s.unpumped+s.r.Len() > unpumpedMax {
@@ -422,11 +447,25 @@ func (s *session) flushServer() error {
 // a failed statement, and the client is shown the refusal instead.
 const rejectedSQL = "pgshield refused this statement"
 
-// attach borrows a server connection and applies the client's settings.
-func (s *session) attach(ctx context.Context) error {
-	conn, err := s.srv.pools.Acquire(ctx, s.service, s.database, "")
+// attach borrows a server connection of backend ("" for the configured
+// primary) and applies the client's settings. node is the replica chosen
+// for reads, or nil; it is released when the server is.
+func (s *session) attach(ctx context.Context, backend string, node *router.Node) error {
+	conn, err := s.srv.pools.Acquire(ctx, s.service, s.database, backend)
 	if err != nil {
+		if node != nil {
+			node.Done()
+		}
+		var dialErr *poolmgr.DialError
+		if errors.As(err, &dialErr) && s.srv.topo != nil {
+			s.srv.topo.Report(dialErr.Backend)
+		}
 		return err
+	}
+	fail := func() {
+		if node != nil {
+			node.Done()
+		}
 	}
 	s.mu.Lock()
 	want, wantKey := s.settingsSQL, s.settingsKey
@@ -445,6 +484,7 @@ func (s *session) attach(ctx context.Context) error {
 		var pgErr *pgconn.PgError
 		switch {
 		case errors.As(err, &pgErr):
+			fail()
 			conn.State = "\x00unknown"
 			if st == 'I' {
 				conn.Release()
@@ -453,6 +493,7 @@ func (s *session) attach(ctx context.Context) error {
 			}
 			return fatalf(pgErr.Code, "invalid connection setting: %s", pgErr.Message)
 		case err != nil:
+			fail()
 			conn.Destroy()
 			return &poolmgr.DialError{Backend: conn.Backend(), Err: err}
 		}
@@ -460,6 +501,7 @@ func (s *session) attach(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.server = conn
+	s.node = node
 	s.pumpClean = true
 	s.txStatus = 'I'
 	s.queue.reset()
@@ -491,6 +533,7 @@ func (s *session) detachIdle() {
 	s.mu.Lock()
 	srv := s.server
 	s.server = nil
+	s.detachedLocked()
 	s.mu.Unlock()
 	if srv != nil {
 		srv.Release()
@@ -514,6 +557,7 @@ func (s *session) releaseIdle() {
 // held; it is released.
 func (s *session) detachReleaseLocked(srv *poolmgr.Conn) {
 	s.server = nil
+	s.detachedLocked()
 	cw := s.cw
 	s.cw = nil
 	s.pumpRunning = false
@@ -585,6 +629,7 @@ func (s *session) close() {
 	s.mu.Lock()
 	srv = s.server
 	s.server = nil
+	s.detachedLocked()
 	clean := s.queue.empty() && s.pumpClean && !s.needFlush
 	status := s.txStatus
 	pins := s.pins

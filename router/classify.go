@@ -79,7 +79,8 @@ type Class struct {
 	Statements int
 	// ReadOnly: every statement is provably read-only (a plain SELECT
 	// without locking clause, INTO, data-modifying CTE or function known to
-	// write or lock; SHOW; EXPLAIN without ANALYZE).
+	// write or lock; SHOW; EXPLAIN without ANALYZE; BEGIN READ ONLY), so
+	// the text may run on a replica.
 	ReadOnly bool
 	// Pins is the session state the text may create: it ties the client
 	// to its server from the moment the statement is sent.
@@ -186,6 +187,17 @@ func classifyStmt(cl *Class, raw *pg.RawStmt, version int32) {
 		readOnly = s.GetIntoClause() == nil && len(s.GetLockingClause()) == 0 && !hasLockingOrInto(s) && !hasWritingCTE(n)
 	case n.GetVariableShowStmt() != nil:
 		readOnly = true
+	case n.GetTransactionStmt() != nil:
+		// BEGIN READ ONLY / START TRANSACTION READ ONLY: the whole
+		// transaction can run on a replica.
+		ts := n.GetTransactionStmt()
+		if k := ts.GetKind(); k == pg.TransactionStmtKind_TRANS_STMT_BEGIN || k == pg.TransactionStmtKind_TRANS_STMT_START {
+			for _, o := range ts.GetOptions() {
+				if d := o.GetDefElem(); d != nil && d.GetDefname() == "transaction_read_only" && isTrueConst(d.GetArg()) {
+					readOnly = true
+				}
+			}
+		}
 	case n.GetExplainStmt() != nil:
 		cl.literalFree = false // EXPLAIN (ANALYZE 'off') turns on a literal
 		readOnly = !explainAnalyze(n.GetExplainStmt()) && isReadOnlyNode(n.GetExplainStmt().GetQuery(), version)
@@ -393,6 +405,9 @@ func isTrueConst(n *pg.Node) bool {
 	}
 	if b := c.GetBoolval(); b != nil {
 		return b.GetBoolval()
+	}
+	if i := c.GetIval(); i != nil {
+		return i.GetIval() != 0
 	}
 	if s := c.GetSval(); s != nil {
 		v := strings.ToLower(s.GetSval())

@@ -58,7 +58,8 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.New(cfg.Proxy, pools, log.Named("proxy"))
+	topo := proxy.NewTopology(cfg.Routing, pools, log.Named("router"))
+	srv, err := proxy.New(cfg.Proxy, pools, topo, log.Named("proxy"))
 	if err != nil {
 		return err
 	}
@@ -67,6 +68,8 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 		return err
 	}
 	pools.Start(ctx)
+	topo.Start(ctx)
+	defer topo.Close()
 	log.Info("pgshield listening", zap.String("listen", ln.Addr().String()))
 
 	hup := make(chan os.Signal, 1)

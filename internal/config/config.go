@@ -15,15 +15,17 @@ import (
 
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/proxy"
+	"github.com/pgshield/pgshield/router"
 )
 
 // File is the whole configuration file.
 type File struct {
-	Proxy         proxy.Config   `yaml:",inline"`
-	Pools         poolmgr.Config `yaml:",inline"`
-	AdminListen   string         `yaml:"admin_listen"`
-	MetricsListen string         `yaml:"metrics_listen"`
-	Log           Log            `yaml:"log"`
+	Proxy         proxy.Config          `yaml:",inline"`
+	Pools         poolmgr.Config        `yaml:",inline"`
+	Routing       router.TopologyConfig `yaml:"routing"`
+	AdminListen   string                `yaml:"admin_listen"`
+	MetricsListen string                `yaml:"metrics_listen"`
+	Log           Log                   `yaml:"log"`
 }
 
 // Log configures logging.
@@ -64,6 +66,7 @@ func Parse(data []byte) (*File, error) {
 	}
 	f.Proxy = f.Proxy.WithDefaults()
 	f.Pools = f.Pools.WithDefaults()
+	f.Routing = f.Routing.WithDefaults()
 	if f.AdminListen == "" {
 		f.AdminListen = DefaultAdminListen
 	}
@@ -86,6 +89,9 @@ func Parse(data []byte) (*File, error) {
 func (f *File) Validate() error {
 	var errs []error
 	if err := f.Pools.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := f.Routing.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	services := make([]string, 0, len(f.Pools.Services))

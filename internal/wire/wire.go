@@ -93,6 +93,18 @@ func (r *Reader) Next() (typ byte, n int, err error) {
 	return r.typ, r.n, nil
 }
 
+// Ahead returns the bytes already buffered after the current message,
+// without reading more; nil when the current message is not wholly
+// buffered. The slice is valid until the next call to Next.
+func (r *Reader) Ahead() []byte {
+	n := r.br.Buffered()
+	if r.pending > n {
+		return nil
+	}
+	buf, _ := r.br.Peek(n)
+	return buf[r.pending:]
+}
+
 // Len returns the body length of the current message.
 func (r *Reader) Len() int { return r.n }
 

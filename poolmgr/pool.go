@@ -274,7 +274,7 @@ func (m *Manager) newPoolLocked(key Key, db DatabaseConfig, svc ServiceConfig) (
 			}
 			_ = c.netConn.Close()
 		},
-		MaxSize:    int32(svc.MaxConnections),
+		MaxSize: int32(svc.MaxConnections),
 	})
 	if err != nil {
 		return nil, err

@@ -60,6 +60,11 @@ type Config struct {
 	// MaxPreparedStatements bounds the statements prepared per server
 	// connection in transaction mode; the least recently used are closed.
 	MaxPreparedStatements int `yaml:"max_prepared_statements"`
+	// MaxRetries is how often a statement that failed with a
+	// serialization failure or deadlock outside a transaction block, before
+	// any of its result reached the client, is run again (0: the default;
+	// negative: never).
+	MaxRetries int `yaml:"max_retries"`
 	// ParseCacheSize is the number of distinct query texts whose
 	// classification is cached.
 	ParseCacheSize int `yaml:"parse_cache_size"`
@@ -76,6 +81,7 @@ const (
 	DefaultClientLoginTimeout   = 15 * time.Second
 	DefaultShutdownTimeout      = 30 * time.Second
 	DefaultMaxPrepared          = 250
+	DefaultMaxRetries           = 3
 	scramIterations             = 4096
 )
 
@@ -107,6 +113,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxPreparedStatements == 0 {
 		c.MaxPreparedStatements = DefaultMaxPrepared
+	}
+	if c.MaxRetries == 0 {
+		c.MaxRetries = DefaultMaxRetries
 	}
 	return c
 }

@@ -91,6 +91,15 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 		}
 		switch typ {
 		case 'Z':
+			if s.replayPending() {
+				if s.replay(srv) {
+					continue
+				}
+				// Could not run it again: the client gets the error.
+				_, _ = cw.Write(s.takeRetryErr())
+				s.serverError()
+			}
+			s.respSent, s.descSent = false, false
 			body, err := r.Body()
 			if err != nil || len(body) != 1 {
 				s.pumpFailed(srv, cw, errMalformedServer, false)
@@ -115,6 +124,7 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			continue
 		case 'G', 'W':
 			// COPY FROM STDIN: the client now sends data; it must be read.
+			s.respSent = true
 			if err := forwardTo(r, cw); err != nil {
 				s.pumpFailed(srv, cw, err, false)
 				return false
@@ -128,6 +138,12 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			}
 			continue
 		case 'E':
+			if held, err := s.holdRetryable(r); err != nil {
+				s.pumpFailed(srv, cw, err, false)
+				return false
+			} else if held {
+				continue
+			}
 			if replace := s.serverError(); replace != nil {
 				if buf, err := replace.response().Encode(cw.AvailableBuffer()); err == nil {
 					_, _ = cw.Write(buf)
@@ -144,12 +160,22 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			}
 		case 'T':
 			s.popIf('D')
+			if s.skipDesc {
+				// A Query run again describes its rows again; the client
+				// has that description already.
+				s.skipDesc = false
+				continue
+			}
+			s.descSent = true
+		case 'D', 'H':
+			s.respSent = true
 		case 'C':
 			body, err := r.Body()
 			if err != nil {
 				s.pumpFailed(srv, cw, err, false)
 				return false
 			}
+			s.respSent = true
 			s.commandComplete(body)
 			s.mu.Lock()
 			if h := s.queue.peek(); h != nil && h.typ == 'E' {

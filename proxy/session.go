@@ -43,6 +43,9 @@ type expected struct {
 	// class of the statement(s) this message runs (Query, Execute): its
 	// effects on session state apply once it has succeeded.
 	class *router.Class
+	// retry: this Query may be run again if it fails with a serialization
+	// failure or deadlock (see retry.go).
+	retry bool
 }
 
 // respQueue is a FIFO that reuses its backing array.
@@ -133,6 +136,12 @@ type session struct {
 	// idle is signalled at every ReadyForQuery and when the pump fails.
 	idle sync.Cond
 
+	// Statement retries (see retry.go), guarded by mu.
+	retryBuf  []byte // the Query to run again
+	retryErr  []byte // the ErrorResponse held back meanwhile
+	retries   int    // attempts so far for the head Query
+	replaying bool   // the held-back error is to be retried at ReadyForQuery
+
 	// Read routing (see routing.go). reads and routing are set at login.
 	reads     string
 	routing   bool
@@ -142,6 +151,9 @@ type session struct {
 
 	// Owned by the pump: effects of statements that succeeded since the
 	// last ReadyForQuery, and of those inside the open transaction block.
+	respSent bool // a result message went to the client since the last ReadyForQuery
+	descSent bool // and a RowDescription
+	skipDesc bool // the Query run again will describe its rows again: drop that
 	done     []*router.Class
 	inTx     []*router.Class
 	txCommit bool // the last CommandComplete ended a block with COMMIT
@@ -294,7 +306,15 @@ func (s *session) forward(typ byte) error {
 		if class != nil {
 			s.pinLocked(class.Pins)
 		}
-		s.pushLocked(expected{typ: typ, class: class})
+		e := expected{typ: typ, class: class}
+		if typ == 'Q' && pooled && s.retryableLocked(class) {
+			if frame, err := s.r.Frame(); err == nil {
+				s.retryBuf = append(s.retryBuf[:0], frame...)
+				s.retries = 0
+				e.retry = true
+			}
+		}
+		s.pushLocked(e)
 	case s.queue.empty():
 		// Nothing outstanding: the server may be released at any moment,
 		// so do not write to it. Flush and stray copy messages are no-ops.

@@ -231,7 +231,7 @@ func (s *session) noteWriteLocked(typ byte, class *router.Class) {
 	}
 	switch typ {
 	case 'Q', 'E', 'F':
-		if class == nil || !class.ReadOnly {
+		if class == nil || (!class.ReadOnly && !class.Transaction) {
 			s.wrote = true
 		}
 	}

@@ -82,6 +82,9 @@ type Class struct {
 	// write or lock; SHOW; EXPLAIN without ANALYZE; BEGIN READ ONLY), so
 	// the text may run on a replica.
 	ReadOnly bool
+	// Transaction: every statement is transaction control (BEGIN, COMMIT,
+	// ROLLBACK, SAVEPOINT …), which writes nothing by itself.
+	Transaction bool
 	// Pins is the session state the text may create: it ties the client
 	// to its server from the moment the statement is sent.
 	Pins Pin
@@ -168,7 +171,7 @@ func classify(text string) *Class {
 		}
 		return cl
 	}
-	cl := &Class{Statements: len(tree.Stmts), ReadOnly: len(tree.Stmts) > 0, literalFree: true}
+	cl := &Class{Statements: len(tree.Stmts), ReadOnly: len(tree.Stmts) > 0, Transaction: len(tree.Stmts) > 0, literalFree: true}
 	for _, raw := range tree.Stmts {
 		classifyStmt(cl, raw, tree.Version)
 	}
@@ -181,6 +184,9 @@ func classify(text string) *Class {
 func classifyStmt(cl *Class, raw *pg.RawStmt, version int32) {
 	n := raw.GetStmt()
 	readOnly := false
+	if n.GetTransactionStmt() == nil {
+		cl.Transaction = false
+	}
 	switch {
 	case n.GetSelectStmt() != nil:
 		s := n.GetSelectStmt()

@@ -25,7 +25,26 @@ func main() {
 	pgshieldBin := flag.String("pgshield", "bin/pgshield", "pgshield binary")
 	idle := flag.Int("idle-clients", 5000, "idle clients for the memory measure")
 	many := flag.Int("many-clients", 10000, "concurrent clients for the scale test")
+	only := flag.String("only", "", "run one scenario and print it: failover")
 	flag.Parse()
+	if *only == "failover" {
+		dir, err := os.MkdirTemp("", "pgshield-bench-")
+		if err == nil {
+			err = os.Chmod(dir, 0o755)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		defer os.RemoveAll(dir)
+		say("failover: primary and synchronous replica, 20 writers, pg_ctl stop -m immediate")
+		f := failover(dir, *pgshieldBin)
+		fmt.Println(f.markdown())
+		if f.err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*duration, *rounds, *out, *pgshieldBin, *idle, *many); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -141,6 +160,9 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN,
 	say("%d concurrent clients", manyN)
 	res.manyShield = manyClients(e.shield.port, manyN)
 	res.manyBouncer = manyClients(e.bouncer.port, manyN)
+
+	say("failover: primary and synchronous replica, 20 writers, pg_ctl stop -m immediate")
+	res.failover = failover(dir, pgshieldBin)
 
 	res.versions = versions(e, pgshieldBin)
 	report := res.markdown(idleN, manyN)

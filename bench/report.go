@@ -16,6 +16,7 @@ type results struct {
 	manyShield  manyResult
 	manyBouncer manyResult
 	versions    map[string]string
+	failover    failoverResult
 }
 
 func (r *results) add(target, mode string, m measure) {
@@ -106,5 +107,6 @@ func (r *results) markdown(idleN, manyN int) string {
 		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %s | %s |\n", x.name, x.r.clients, x.r.connectFailed, x.r.queries, x.r.queryFailed, x.r.elapsed.Round(time.Millisecond), x.r.firstErr)
 	}
 	fmt.Fprintf(&b, "\nEach client logs in (all %d connected at once), then runs `select 1` three times, all clients concurrently.\n", manyN)
+	b.WriteString(r.failover.markdown())
 	return b.String()
 }

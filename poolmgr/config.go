@@ -26,7 +26,8 @@ type ServiceConfig struct {
 	MaxConnections int      `yaml:"max_connections"`
 	MinConnections int      `yaml:"min_connections"`
 	PoolMode       PoolMode `yaml:"pool_mode"`
-	// Reads is primary, replica or any; routing uses it (empty means primary).
+	// Reads is replica (the default: proven reads go to replicas), primary
+	// (never use replicas) or any (the primary competes for reads too).
 	Reads string `yaml:"reads"`
 }
 

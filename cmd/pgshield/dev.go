@@ -59,6 +59,10 @@ func devCmd(args []string) error {
 	if err := primary.CreateDatabase(startCtx, "app", "app"); err != nil {
 		return err
 	}
+	// pgshield connects as app and promotes the replica on failover.
+	if err := primary.Exec(startCtx, "postgres", "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app"); err != nil {
+		return err
+	}
 	certs, err := devcert.Generate(filepath.Join(abs, "certs"))
 	if err != nil {
 		return err
@@ -128,6 +132,9 @@ databases:
 services:
   api: {max_connections: 20, min_connections: 5, pool_mode: transaction}
 pool: {connect_timeout: 5s, idle_timeout: 30m, health_check_interval: 60s, wait_timeout: 30s}
+# Reads proven read-only go to the replica; the replica is synchronous, so a
+# promotion loses no acknowledged commit.
+routing: {failover: promote, failover_after: 3s, max_replica_lag: 10s, read_your_writes: lsn}
 log: {level: info, format: console}
 `, listen, admin, metrics, certs.CertFile, certs.KeyFile, primary.Addr(), replica.Addr(), primary.CAFile)
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgshield/pgshield/poolmgr"
 )
 
 // simple opens a pgx connection through the proxy that uses the simple
@@ -183,5 +185,36 @@ func waitBlocked(t *testing.T, table string) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestDeadIdleConnectionsNotUsed: server connections closed by the server
+// while idle in the pool (here pg_terminate_backend; a restart or failover
+// alike) are found dead before use, and the client's statement goes on a
+// fresh connection instead of failing with 08006.
+func TestDeadIdleConnectionsNotUsed(t *testing.T) {
+	e := startProxy(t, func(_ *proxyConfig, m *poolConfig) {
+		m.Services["api"] = poolmgr.ServiceConfig{MaxConnections: 3, MinConnections: 3, PoolMode: poolmgr.ModeTransaction}
+	})
+	ctx := ctxT(t)
+	c := e.simple(t, "app")
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	d := direct(t)
+	var killed int
+	if err := d.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = 'app' AND usename = 'postgres' AND pid <> pg_backend_pid() AND backend_type = 'client backend'`).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed == 0 {
+		t.Fatal("no pooled server connection to terminate")
+	}
+	// Past the idle time after which a connection is checked before use.
+	time.Sleep(1500 * time.Millisecond)
+	for i := 0; i < 5; i++ {
+		if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatalf("statement %d after %d idle server connections were terminated: %v", i, killed, err)
+		}
 	}
 }

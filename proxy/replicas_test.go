@@ -339,3 +339,30 @@ func TestBreakerBlackHole(t *testing.T) {
 		t.Fatalf("write after the fault was removed: %v", err)
 	}
 }
+
+// TestRolesDiscovered: the configuration names the replica as primary and
+// the primary as replica; the checks find out, writes go to the real
+// primary and reads to the real replica.
+func TestRolesDiscovered(t *testing.T) {
+	rc := startReplicated(t, false)
+	e := startProxyRouted(t, func(_ *proxyConfig, m *poolConfig) {
+		m.Databases = map[string]poolmgr.DatabaseConfig{"app": {
+			Primary: rc.replica.Addr(), Replicas: []string{rc.primary.Addr()}, DBName: "app",
+			User: rc.primary.User, Password: rc.primary.Password, ServerTLS: poolmgr.ServerTLS{Mode: "disable"},
+		}}
+	}, func(r *router.TopologyConfig) { r.LagCheckInterval = 100 * time.Millisecond })
+	ctx := ctxT(t)
+	c := e.connect(t, "app", "")
+	if inRecovery(t, ctx, c, "INSERT INTO t VALUES (nextval('s'), 'w') RETURNING pg_is_in_recovery()") {
+		t.Fatal("a write went to the host configured as primary, which is a replica")
+	}
+	r := e.connect(t, "app", "")
+	if !inRecovery(t, ctx, r, "SELECT pg_is_in_recovery()") {
+		t.Error("a read did not go to the real replica")
+	}
+	for _, st := range e.topo.Status() {
+		if st.Addr == rc.replica.Addr() && (st.Fenced || st.IsPrimary || st.Role != router.RoleReplica) {
+			t.Errorf("the real replica: role %s, primary %v, fenced %v", st.Role, st.IsPrimary, st.Fenced)
+		}
+	}
+}

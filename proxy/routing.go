@@ -181,6 +181,9 @@ func (s *session) primary(ctx context.Context) (string, error) {
 	if s.srv.topo == nil {
 		return "", nil
 	}
+	if addr, ok := s.srv.topo.HealthyPrimary(s.database); ok {
+		return addr, nil
+	}
 	addr, err := s.srv.topo.Primary(ctx, s.database, s.srv.pools.Config().Pool.WaitTimeout)
 	if errors.Is(err, router.ErrUnknownDatabase) {
 		return "", nil // added by a reload: the configured primary

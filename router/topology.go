@@ -441,13 +441,13 @@ func (t *Topology) electLocked(st *dbState) []Event {
 	events := []Event{{Kind: EventPrimaryChanged, Database: st.name, Addr: next.addr}}
 	if cur != nil {
 		events[0].Old = cur.addr
-		// A former primary that is unreachable or no longer primary is
-		// fenced: if it comes back as a primary it must not take writes.
-		if !cur.healthy || cur.role != RolePrimary {
-			if t.cfg.Failover != FailoverNone || cur.role == RolePrimary {
-				cur.fenced = true
-				events = append(events, Event{Kind: EventFenced, Database: st.name, Addr: cur.addr})
-			}
+		// A former primary that is unreachable is fenced: if it comes back
+		// as a primary it must not take writes. One that answers as a
+		// replica (the configuration had the roles wrong, or it was
+		// demoted) simply serves reads.
+		if !cur.healthy {
+			cur.fenced = true
+			events = append(events, Event{Kind: EventFenced, Database: st.name, Addr: cur.addr})
 		}
 	}
 	t.log.Warn("new primary", zap.String("database", st.name), zap.String("primary", next.addr), zap.String("old", events[0].Old))
@@ -564,6 +564,16 @@ func (t *Topology) publishLocked() {
 		snaps[name] = sn
 	}
 	t.snaps.Store(&snaps)
+}
+
+// HealthyPrimary returns the primary of a database without waiting: ok is
+// false when it is down and a failover may replace it (call Primary).
+func (t *Topology) HealthyPrimary(database string) (addr string, ok bool) {
+	sn, found := (*t.snaps.Load())[database]
+	if !found {
+		return "", false
+	}
+	return sn.primary, sn.primaryHealthy || t.cfg.Failover == FailoverNone
 }
 
 // Primary returns the primary of a database. While it is down and a

@@ -1,0 +1,142 @@
+// Package metrics holds pgshield's Prometheus collectors (with the metric
+// names of the operations guide), per-fingerprint query statistics with
+// latency quantiles from a DDSketch, and the slow-query log. It imports no
+// other pgshield package: what it reports comes in through Source and the
+// Observe methods.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// PoolSample is one pool's state.
+type PoolSample struct {
+	Service, Database, Backend string
+	Active, Idle, Waiting, Max int
+}
+
+// BackendSample is one backend's state.
+type BackendSample struct {
+	Database, Backend, Role string
+	Up                      bool
+	Breaker                 int // 0 closed, 1 half-open, 2 open
+	LagBytes                float64
+	LagSeconds              float64
+}
+
+// Source reports the state behind the gauges, read at each scrape.
+type Source interface {
+	Pools() []PoolSample
+	Backends() []BackendSample
+	PinnedClients() int
+	ParseCache() (hits, misses uint64)
+}
+
+// Metrics is every collector, on a registry of its own.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	QueryDuration *prometheus.HistogramVec // service, database, backend
+	QueryErrors   *prometheus.CounterVec   // service, database, class (SQLSTATE class)
+	TxDuration    *prometheus.HistogramVec // service, database
+	SlowQueries   *prometheus.CounterVec   // service, database
+	Deadlocks     *prometheus.CounterVec   // service, database
+	PoolWait      *prometheus.HistogramVec // service, database
+	Retries       *prometheus.CounterVec   // service, database, code
+}
+
+// latencyBuckets span 0.5 ms to 10 s.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// New registers every collector; src provides the gauges (nil: none).
+func New(src Source) *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	m.QueryDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "database_query_duration_seconds", Help: "Time from a statement reaching the server to its completion, as seen by pgshield.",
+		Buckets: latencyBuckets}, []string{"service", "database", "backend"})
+	m.QueryErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "database_query_errors_total", Help: "Statements that failed, by SQLSTATE class (first two characters)."},
+		[]string{"service", "database", "class"})
+	m.TxDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "database_transaction_duration_seconds", Help: "Duration of transactions (explicit blocks and autocommit statements).",
+		Buckets: latencyBuckets}, []string{"service", "database"})
+	m.SlowQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "database_slow_queries_total", Help: "Statements that ran longer than the slow-query threshold."},
+		[]string{"service", "database"})
+	m.Deadlocks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "database_deadlocks_total", Help: "Statements that failed with deadlock_detected (40P01)."},
+		[]string{"service", "database"})
+	m.PoolWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "pgshield_pool_wait_seconds", Help: "Time clients waited for a server connection.",
+		Buckets: latencyBuckets}, []string{"service", "database"})
+	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgshield_statement_retries_total", Help: "Statements run again after a serialization failure or deadlock."},
+		[]string{"service", "database", "code"})
+	m.Registry.MustRegister(m.QueryDuration, m.QueryErrors, m.TxDuration, m.SlowQueries, m.Deadlocks, m.PoolWait, m.Retries,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if src != nil {
+		m.Registry.MustRegister(&stateCollector{src: src})
+	}
+	return m
+}
+
+var (
+	descActive   = prometheus.NewDesc("database_connections_active", "Server connections in use by clients.", []string{"service", "database", "backend"}, nil)
+	descIdle     = prometheus.NewDesc("database_connections_idle", "Idle server connections in the pool.", []string{"service", "database", "backend"}, nil)
+	descWaiting  = prometheus.NewDesc("database_connections_waiting", "Clients waiting for a server connection.", []string{"service", "database", "backend"}, nil)
+	descMax      = prometheus.NewDesc("database_connections_max", "Pool size limit (max_connections of the service).", []string{"service", "database", "backend"}, nil)
+	descUp       = prometheus.NewDesc("pgshield_backend_up", "1 when the backend passes its health checks.", []string{"database", "backend", "role"}, nil)
+	descBreaker  = prometheus.NewDesc("pgshield_breaker_state", "Circuit breaker of the backend: 0 closed, 1 half-open, 2 open.", []string{"backend"}, nil)
+	descLagBytes = prometheus.NewDesc("pgshield_replica_lag_bytes", "WAL bytes a replica has not replayed yet.", []string{"database", "backend"}, nil)
+	descLagSecs  = prometheus.NewDesc("pgshield_replica_lag_seconds", "How far a replica's replay is behind in time.", []string{"database", "backend"}, nil)
+	descPinned   = prometheus.NewDesc("pgshield_pinned_clients", "Transaction-mode clients pinned to a server by session state.", nil, nil)
+	descParse    = prometheus.NewDesc("pgshield_parse_cache_lookups_total", "SQL classification cache lookups, by result.", []string{"result"}, nil)
+)
+
+// stateCollector turns Source into gauges at each scrape.
+type stateCollector struct{ src Source }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descActive, descIdle, descWaiting, descMax, descUp, descBreaker, descLagBytes, descLagSecs, descPinned, descParse} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range c.src.Pools() {
+		l := []string{p.Service, p.Database, p.Backend}
+		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(p.Active), l...)
+		ch <- prometheus.MustNewConstMetric(descIdle, prometheus.GaugeValue, float64(p.Idle), l...)
+		ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(p.Waiting), l...)
+		ch <- prometheus.MustNewConstMetric(descMax, prometheus.GaugeValue, float64(p.Max), l...)
+	}
+	breakers := map[string]bool{}
+	for _, b := range c.src.Backends() {
+		up := 0.0
+		if b.Up {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, b.Database, b.Backend, b.Role)
+		if !breakers[b.Backend] {
+			breakers[b.Backend] = true
+			ch <- prometheus.MustNewConstMetric(descBreaker, prometheus.GaugeValue, float64(b.Breaker), b.Backend)
+		}
+		if b.Role == "replica" {
+			ch <- prometheus.MustNewConstMetric(descLagBytes, prometheus.GaugeValue, b.LagBytes, b.Database, b.Backend)
+			ch <- prometheus.MustNewConstMetric(descLagSecs, prometheus.GaugeValue, b.LagSeconds, b.Database, b.Backend)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descPinned, prometheus.GaugeValue, float64(c.src.PinnedClients()))
+	hits, misses := c.src.ParseCache()
+	ch <- prometheus.MustNewConstMetric(descParse, prometheus.CounterValue, float64(hits), "hit")
+	ch <- prometheus.MustNewConstMetric(descParse, prometheus.CounterValue, float64(misses), "miss")
+}
+
+// ErrorClass is the SQLSTATE class label of a code.
+func ErrorClass(code string) string {
+	if len(code) < 2 {
+		return "XX"
+	}
+	return code[:2]
+}

@@ -5,7 +5,7 @@ PKGS      := ./...
 TEST_FLAGS ?= -race -count=1 -timeout 15m
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build run test lint fuzz bench clean tools
+.PHONY: all build run test lint fuzz bench clean tools monitoring-check
 
 all: build
 
@@ -16,10 +16,16 @@ build:
 run: build
 	./$(BIN)/pgshield dev
 
-## test: the whole suite against real PostgreSQL, with the race detector.
-test:
+## test: the whole suite against real PostgreSQL, with the race detector,
+## and the shipped alert rules with promtool.
+test: monitoring-check
 	$(GO) vet $(PKGS)
 	$(GO) test $(TEST_FLAGS) $(PKGS)
+
+## monitoring-check: promtool check and unit-test the shipped alert rules
+## (promtool comes with Debian's prometheus package; .ci/run installs it).
+monitoring-check:
+	cd monitoring/prometheus && promtool check rules database-alerts.yml && promtool test rules database-alerts.test.yml
 
 $(BIN)/staticcheck:
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

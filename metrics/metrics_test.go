@@ -2,6 +2,8 @@ package metrics
 
 import (
 	"fmt"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -81,6 +83,12 @@ func (fakeSource) Backends() []BackendSample {
 }
 func (fakeSource) PinnedClients() int                { return 4 }
 func (fakeSource) ParseCache() (hits, misses uint64) { return 10, 2 }
+func (fakeSource) LongTransactions() []LongTxSample {
+	return []LongTxSample{{Service: "api", Database: "app", Count: 1}}
+}
+func (fakeSource) Databases() []DatabaseSample {
+	return []DatabaseSample{{Database: "app", CacheHitRatio: 0.995}}
+}
 
 // TestRequiredMetrics: every metric of the operations guide is exported
 // with its type once it has a sample.
@@ -92,6 +100,7 @@ func TestRequiredMetrics(t *testing.T) {
 	m.SlowQueries.WithLabelValues("api", "app").Inc()
 	m.Deadlocks.WithLabelValues("api", "app").Inc()
 	m.PoolWait.WithLabelValues("api", "app").Observe(0.001)
+	m.Transactions.WithLabelValues("api", "app", "commit").Inc()
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -118,4 +127,19 @@ func TestRequiredMetrics(t *testing.T) {
 			t.Errorf("%s: query text must never be a label", name)
 		}
 	}
+	// The shipped alert rules and dashboard use only exported metrics.
+	for _, file := range []string{"../monitoring/prometheus/database-alerts.yml", "../monitoring/grafana/pgshield-dashboard.json"} {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range metricNameRE.FindAllString(string(data), -1) {
+			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_count"), "_sum")
+			if _, ok := got[base]; !ok {
+				t.Errorf("%s uses %s, which pgshield does not export", file, name)
+			}
+		}
+	}
 }
+
+var metricNameRE = regexp.MustCompile(`\b(?:database|pgshield)_[a-z_]+\b`)

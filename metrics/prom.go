@@ -25,12 +25,27 @@ type BackendSample struct {
 	LagSeconds              float64
 }
 
+// LongTxSample counts the transactions of a pool open past
+// long_transaction_threshold.
+type LongTxSample struct {
+	Service, Database string
+	Count             int
+}
+
+// DatabaseSample is what a database's statistics views say.
+type DatabaseSample struct {
+	Database      string
+	CacheHitRatio float64 // blks_hit / (blks_hit + blks_read), pg_stat_database
+}
+
 // Source reports the state behind the gauges, read at each scrape.
 type Source interface {
 	Pools() []PoolSample
 	Backends() []BackendSample
 	PinnedClients() int
 	ParseCache() (hits, misses uint64)
+	LongTransactions() []LongTxSample
+	Databases() []DatabaseSample
 }
 
 // Metrics is every collector, on a registry of its own.
@@ -44,6 +59,7 @@ type Metrics struct {
 	Deadlocks     *prometheus.CounterVec   // service, database
 	PoolWait      *prometheus.HistogramVec // service, database
 	Retries       *prometheus.CounterVec   // service, database, code
+	Transactions  *prometheus.CounterVec   // service, database, outcome (commit, rollback)
 }
 
 // latencyBuckets span 0.5 ms to 10 s.
@@ -73,7 +89,10 @@ func New(src Source) *Metrics {
 	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgshield_statement_retries_total", Help: "Statements run again after a serialization failure or deadlock."},
 		[]string{"service", "database", "code"})
-	m.Registry.MustRegister(m.QueryDuration, m.QueryErrors, m.TxDuration, m.SlowQueries, m.Deadlocks, m.PoolWait, m.Retries,
+	m.Transactions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "database_transactions_total", Help: "Transactions ended, by outcome: commit, or rollback (explicit or by error)."},
+		[]string{"service", "database", "outcome"})
+	m.Registry.MustRegister(m.QueryDuration, m.QueryErrors, m.TxDuration, m.SlowQueries, m.Deadlocks, m.PoolWait, m.Retries, m.Transactions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src != nil {
 		m.Registry.MustRegister(&stateCollector{src: src})
@@ -92,13 +111,15 @@ var (
 	descLagSecs  = prometheus.NewDesc("pgshield_replica_lag_seconds", "How far a replica's replay is behind in time.", []string{"database", "backend"}, nil)
 	descPinned   = prometheus.NewDesc("pgshield_pinned_clients", "Transaction-mode clients pinned to a server by session state.", nil, nil)
 	descParse    = prometheus.NewDesc("pgshield_parse_cache_lookups_total", "SQL classification cache lookups, by result.", []string{"result"}, nil)
+	descLongTx   = prometheus.NewDesc("pgshield_long_transactions", "Transactions open past long_transaction_threshold.", []string{"service", "database"}, nil)
+	descHitRatio = prometheus.NewDesc("database_cache_hit_ratio", "Share of block reads served from shared buffers (pg_stat_database).", []string{"database"}, nil)
 )
 
 // stateCollector turns Source into gauges at each scrape.
 type stateCollector struct{ src Source }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descActive, descIdle, descWaiting, descMax, descUp, descBreaker, descLagBytes, descLagSecs, descPinned, descParse} {
+	for _, d := range []*prometheus.Desc{descActive, descIdle, descWaiting, descMax, descUp, descBreaker, descLagBytes, descLagSecs, descPinned, descParse, descLongTx, descHitRatio} {
 		ch <- d
 	}
 }
@@ -128,6 +149,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descPinned, prometheus.GaugeValue, float64(c.src.PinnedClients()))
+	for _, l := range c.src.LongTransactions() {
+		ch <- prometheus.MustNewConstMetric(descLongTx, prometheus.GaugeValue, float64(l.Count), l.Service, l.Database)
+	}
+	for _, d := range c.src.Databases() {
+		ch <- prometheus.MustNewConstMetric(descHitRatio, prometheus.GaugeValue, d.CacheHitRatio, d.Database)
+	}
 	hits, misses := c.src.ParseCache()
 	ch <- prometheus.MustNewConstMetric(descParse, prometheus.CounterValue, float64(hits), "hit")
 	ch <- prometheus.MustNewConstMetric(descParse, prometheus.CounterValue, float64(misses), "miss")

@@ -23,8 +23,10 @@ test: monitoring-check
 	$(GO) test $(TEST_FLAGS) $(PKGS)
 
 ## monitoring-check: promtool check and unit-test the shipped alert rules
-## (promtool comes with Debian's prometheus package; .ci/run installs it).
+## (promtool and prometheus come with Debian's prometheus package, installed
+## when missing; the suite also runs a real Prometheus against pgshield).
 monitoring-check:
+	@command -v promtool >/dev/null 2>&1 || { echo "installing prometheus"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; }
 	cd monitoring/prometheus && promtool check rules database-alerts.yml && promtool test rules database-alerts.test.yml
 
 $(BIN)/staticcheck:

@@ -56,6 +56,7 @@ func failover(dir, bin string) failoverResult {
 		return res
 	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
+metrics_listen: 127.0.0.1:0
 auth_type: trust
 users:
   - {name: app, password: app, service: api}

@@ -84,6 +84,7 @@ func startPgshield(dir, tag, bin string, pg *pgcluster.Cluster, noClassify bool)
 		return nil, err
 	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
+metrics_listen: 127.0.0.1:0
 auth_type: trust
 users:
   - {name: bench, password: bench, service: api}

@@ -23,6 +23,9 @@ type Probe struct {
 	// when it has replayed all it received, else the age of the last
 	// transaction it replayed.
 	ReplayDelay time.Duration
+	// BlksHit and BlksRead are the database's buffer hits and reads
+	// (pg_stat_database), for the cache hit ratio.
+	BlksHit, BlksRead uint64
 }
 
 // probeSQL reads role and WAL positions in one round trip.
@@ -30,7 +33,9 @@ const probeSQL = `SELECT pg_is_in_recovery(),
   (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0')::text,
   COALESCE((pg_last_wal_receive_lsn() - '0/0')::text, '0'),
   CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn()
-    THEN COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) ELSE 0 END::text`
+    THEN COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) ELSE 0 END::text,
+  (SELECT blks_hit FROM pg_stat_database WHERE datname = current_database())::text,
+  (SELECT blks_read FROM pg_stat_database WHERE datname = current_database())::text`
 
 // Probe checks a backend of a database. With fresh set it dials a new
 // connection (the full check: the backend accepts and authenticates
@@ -76,7 +81,7 @@ func (m *Manager) Probe(ctx context.Context, database, addr string, fresh bool) 
 }
 
 func parseProbe(row [][]byte, pr *Probe) error {
-	if len(row) != 4 || row[0] == nil || row[1] == nil {
+	if len(row) != 6 || row[0] == nil || row[1] == nil {
 		return errors.New("unexpected health check result")
 	}
 	pr.InRecovery = string(row[0]) == "t"
@@ -92,6 +97,10 @@ func parseProbe(row [][]byte, pr *Probe) error {
 		return fmt.Errorf("health check replay delay: %w", err)
 	}
 	pr.ReplayDelay = time.Duration(secs * float64(time.Second))
+	if row[4] != nil && row[5] != nil {
+		pr.BlksHit, _ = strconv.ParseUint(string(row[4]), 10, 64)
+		pr.BlksRead, _ = strconv.ParseUint(string(row[5]), 10, 64)
+	}
 	return nil
 }
 

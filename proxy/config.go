@@ -65,6 +65,9 @@ type Config struct {
 	// any of its result reached the client, is run again (0: the default;
 	// negative: never).
 	MaxRetries int `yaml:"max_retries"`
+	// LongTransactionThreshold: transactions open longer are counted as
+	// long (pgshield_long_transactions) and flagged by the admin console.
+	LongTransactionThreshold time.Duration `yaml:"long_transaction_threshold"`
 	// ParseCacheSize is the number of distinct query texts whose
 	// classification is cached.
 	ParseCacheSize int `yaml:"parse_cache_size"`
@@ -82,6 +85,7 @@ const (
 	DefaultShutdownTimeout      = 30 * time.Second
 	DefaultMaxPrepared          = 250
 	DefaultMaxRetries           = 3
+	DefaultLongTransaction      = 30 * time.Second
 	scramIterations             = 4096
 )
 
@@ -116,6 +120,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxRetries == 0 {
 		c.MaxRetries = DefaultMaxRetries
+	}
+	if c.LongTransactionThreshold == 0 {
+		c.LongTransactionThreshold = DefaultLongTransaction
 	}
 	return c
 }

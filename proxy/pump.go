@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"net"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -265,6 +266,13 @@ func (s *session) readyForQuery(srv *poolmgr.Conn, status byte) bool {
 	}
 	s.entryErr = false
 	s.queue.pop()
+	if status == 'I' {
+		if !s.txSince.IsZero() {
+			s.txSince = time.Time{}
+		}
+	} else if s.txSince.IsZero() {
+		s.txSince = time.Now()
+	}
 	s.txStatus = status
 	s.idle.Broadcast()
 	s.settleLocked(status, srv)

@@ -89,7 +89,8 @@ func (b poolBackends) Probe(ctx context.Context, database, addr string, fresh bo
 	if err != nil {
 		return router.Sample{}, err
 	}
-	return router.Sample{Started: p.Started, InRecovery: p.InRecovery, LSN: p.LSN, ReceiveLSN: p.ReceiveLSN, ReplayDelay: p.ReplayDelay}, nil
+	return router.Sample{Started: p.Started, InRecovery: p.InRecovery, LSN: p.LSN, ReceiveLSN: p.ReceiveLSN,
+		ReplayDelay: p.ReplayDelay, BlksHit: p.BlksHit, BlksRead: p.BlksRead}, nil
 }
 
 func (b poolBackends) Promote(ctx context.Context, database, addr string) error {

@@ -116,7 +116,8 @@ type session struct {
 	unnamedClass *router.Class // of the unnamed statement (client goroutine)
 	boundClass   *router.Class // of the statement last bound (client goroutine)
 	queue        respQueue
-	txStatus     byte // from the last ReadyForQuery
+	txStatus     byte      // from the last ReadyForQuery
+	txSince      time.Time // when the open transaction began; zero when idle
 	// skipping: the server reported an error in the extended protocol and
 	// discards messages until Sync, so they owe no response.
 	skipping bool

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -102,8 +103,10 @@ type Class struct {
 
 // Classifier classifies and caches. It is safe for concurrent use.
 type Classifier struct {
-	cache *lru.Cache[string, *Class]
-	bufs  sync.Pool // *[]byte for normalized keys
+	cache  *lru.Cache[string, *Class]
+	bufs   sync.Pool // *[]byte for normalized keys
+	hits   atomic.Uint64
+	misses atomic.Uint64 // texts parsed
 }
 
 // Config configures the classifier.
@@ -133,6 +136,7 @@ func (c *Classifier) Classify(sql []byte) *Class {
 	// The lookup key aliases sql: the cache does not keep keys it is only
 	// asked for, so no copy is needed unless the text is new.
 	if cl, ok := c.cache.Get(unsafe.String(&sql[0], len(sql))); ok {
+		c.hits.Add(1)
 		return cl
 	}
 	bp, _ := c.bufs.Get().(*[]byte)
@@ -145,9 +149,11 @@ func (c *Classifier) Classify(sql []byte) *Class {
 	*bp = key
 	if ok {
 		if cl, hit := c.cache.Get(unsafe.String(&key[0], len(key))); hit {
+			c.hits.Add(1)
 			return cl
 		}
 	}
+	c.misses.Add(1)
 	text := string(sql)
 	cl := classify(text)
 	c.cache.Add(text, cl)
@@ -156,6 +162,10 @@ func (c *Classifier) Classify(sql []byte) *Class {
 	}
 	return cl
 }
+
+// Lookups returns how many classifications were served from the cache and
+// how many texts had to be parsed.
+func (c *Classifier) Lookups() (hits, misses uint64) { return c.hits.Load(), c.misses.Load() }
 
 // Len returns the number of cached texts.
 func (c *Classifier) Len() int { return c.cache.Len() }

@@ -136,6 +136,8 @@ type Sample struct {
 	LSN         uint64 // primary: insert position; replica: replayed position
 	ReceiveLSN  uint64
 	ReplayDelay time.Duration
+	// BlksHit and BlksRead: buffer hits and reads of the database.
+	BlksHit, BlksRead uint64
 }
 
 // Backends runs checks and promotions; poolmgr provides it (the router
@@ -672,6 +674,9 @@ type NodeStatus struct {
 	ReplayDelay time.Duration
 	Outstanding int64
 	IsPrimary   bool // the one writes go to
+	// CacheHitRatio is blks_hit / (blks_hit + blks_read) of the database
+	// on this backend since its statistics were reset; 0 when unknown.
+	CacheHitRatio float64
 }
 
 // Status returns every backend's state, by database and address.
@@ -688,6 +693,9 @@ func (t *Topology) Status() []NodeStatus {
 			ns := NodeStatus{Database: st.name, Addr: n.addr, Role: n.role, Healthy: n.healthy, Checked: n.checked,
 				Fenced: n.fenced, LastCheck: n.lastCheck, LastError: n.lastErr, LSN: n.sample.LSN,
 				ReplayDelay: n.sample.ReplayDelay, Outstanding: n.outstanding.Load(), IsPrimary: n == st.primary}
+			if total := n.sample.BlksHit + n.sample.BlksRead; total > 0 {
+				ns.CacheHitRatio = float64(n.sample.BlksHit) / float64(total)
+			}
 			if n.role == RoleReplica && latest > n.sample.LSN {
 				ns.LagBytes = latest - n.sample.LSN
 			}

@@ -72,7 +72,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func writeConfig(t *testing.T, path, listen string, pg *pgcluster.Cluster, users string) {
 	t.Helper()
+	writeConfigMetrics(t, path, listen, "127.0.0.1:0", pg, users)
+}
+
+func writeConfigMetrics(t *testing.T, path, listen, metricsListen string, pg *pgcluster.Cluster, users string) {
+	t.Helper()
 	cfg := fmt.Sprintf(`listen: %s
+metrics_listen: %s
 users:
 %s
 databases:
@@ -81,7 +87,7 @@ services:
   api: {max_connections: 4, min_connections: 1}
 log: {level: info, format: json}
 shutdown_timeout: 10s
-`, listen, users, pg.Addr(), pg.User, pg.Password)
+`, listen, metricsListen, users, pg.Addr(), pg.User, pg.Password)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

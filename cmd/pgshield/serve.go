@@ -10,11 +10,14 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/pgshield/pgshield/admin"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/metrics"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/proxy"
 )
@@ -67,9 +70,27 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 	if err != nil {
 		return err
 	}
+	mln, err := net.Listen("tcp", cfg.MetricsListen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("metrics_listen: %w", err)
+	}
 	pools.Start(ctx)
 	topo.Start(ctx)
 	defer topo.Close()
+	m := metrics.New(proxy.MetricsSource(srv, pools, topo))
+	web := admin.NewHTTP(m.Registry, proxy.Ready(topo), log.Named("http"))
+	go func() {
+		if err := web.Serve(mln); err != nil {
+			log.Error("metrics listener", zap.Error(err))
+		}
+	}()
+	log.Info("metrics and health endpoints", zap.String("listen", mln.Addr().String()))
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = web.Shutdown(sctx)
+	}()
 	log.Info("pgshield listening", zap.String("listen", ln.Addr().String()))
 
 	hup := make(chan os.Signal, 1)

@@ -86,6 +86,7 @@ func devCmd(args []string) error {
 		ahost, aport := splitAddr(*adminListen)
 		fmt.Printf("\nDATABASE_URL=postgres://app:app@%s:%s/app\n", host, port)
 		fmt.Printf("admin console: psql -h %s -p %s -U admin pgshield   (password admin; served once the admin console lands)\n", ahost, aport)
+		fmt.Printf("metrics: http://%s/metrics   health: /healthz, /readyz\n", *metricsListen)
 		fmt.Printf("config: %s   primary %s, replica %s\n", cfgPath, primary.Addr(), replica.Addr())
 		fmt.Printf("Ctrl-C stops the proxy and both clusters.\n\n")
 	}

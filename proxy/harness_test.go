@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/devcert"
 	"github.com/pgshield/pgshield/internal/pgcluster"
+	"github.com/pgshield/pgshield/metrics"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/proxy"
 	"github.com/pgshield/pgshield/router"
@@ -51,6 +52,7 @@ type env struct {
 	srv   *proxy.Server
 	pools *poolmgr.Manager
 	topo  *router.Topology
+	m     *metrics.Metrics
 	pcfg  proxy.Config
 	mcfg  poolmgr.Config
 }
@@ -106,6 +108,8 @@ func startProxyRouted(t *testing.T, mutate func(*proxyConfig, *poolConfig), rout
 	if err != nil {
 		t.Fatal(err)
 	}
+	m := metrics.New(proxy.MetricsSource(srv, pools, topo))
+	srv.SetMetrics(m)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +129,7 @@ func startProxyRouted(t *testing.T, mutate func(*proxyConfig, *poolConfig), rout
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return &env{addr: ln.Addr().String(), srv: srv, pools: pools, topo: topo, pcfg: pcfg, mcfg: mcfg}
+	return &env{addr: ln.Addr().String(), srv: srv, pools: pools, topo: topo, m: m, pcfg: pcfg, mcfg: mcfg}
 }
 
 // url is a connection string to the proxy for user (password from

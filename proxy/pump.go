@@ -139,6 +139,10 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			}
 			continue
 		case 'E':
+			if err := s.countError(r); err != nil {
+				s.pumpFailed(srv, cw, err, false)
+				return false
+			}
 			if held, err := s.holdRetryable(r); err != nil {
 				s.pumpFailed(srv, cw, err, false)
 				return false

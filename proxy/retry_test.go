@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgshield/pgshield/poolmgr"
 )
@@ -153,6 +154,13 @@ func TestRetryDeadlock(t *testing.T) {
 	})
 	if pgCode(err) != "40P01" {
 		t.Fatalf("deadlock in a transaction block: %v, want 40P01 passed to the client", err)
+	}
+	// Both deadlocks count, the retried one too; errors by class as well.
+	if n := testutil.ToFloat64(e.m.Deadlocks.WithLabelValues("api", "app")); n != 2 {
+		t.Errorf("database_deadlocks_total = %v, want 2", n)
+	}
+	if n := testutil.ToFloat64(e.m.QueryErrors.WithLabelValues("api", "app", "40")); n != 2 {
+		t.Errorf("database_query_errors_total{class=\"40\"} = %v, want 2", n)
 	}
 	// The session is usable afterwards.
 	var one int

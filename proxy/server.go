@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgshield/pgshield/internal/wire"
+	"github.com/pgshield/pgshield/metrics"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/router"
 )
@@ -45,6 +46,7 @@ type Server struct {
 
 	classifier *router.Classifier // nil when classification is off
 	topo       *router.Topology   // nil: every client goes to the configured primary
+	metrics    *metrics.Metrics   // nil: nothing recorded
 
 	clients atomic.Int64
 	pinned  atomic.Int64

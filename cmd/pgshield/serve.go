@@ -79,6 +79,7 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 	topo.Start(ctx)
 	defer topo.Close()
 	m := metrics.New(proxy.MetricsSource(srv, pools, topo))
+	srv.SetMetrics(m)
 	web := admin.NewHTTP(m.Registry, proxy.Ready(topo), log.Named("http"))
 	go func() {
 		if err := web.Serve(mln); err != nil {

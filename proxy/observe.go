@@ -57,7 +57,25 @@ func (s *source) ParseCache() (hits, misses uint64) {
 	if s.srv.classifier == nil {
 		return 0, 0
 	}
-	return s.srv.classifier.Lookups()
+	s.srv.mu.Lock()
+	lookups := s.srv.endedLookups
+	for _, sess := range s.srv.sessions {
+		lookups += sess.lookups.Load()
+	}
+	s.srv.mu.Unlock()
+	misses = s.srv.classifier.Misses()
+	if lookups < misses {
+		// A miss is counted before its session's lookup: in flight.
+		return 0, misses
+	}
+	return lookups - misses, misses
+}
+
+// classifyText classifies a query text, counting the lookup for the parse
+// cache metric on the session's own counter.
+func (s *session) classifyText(q []byte) *router.Class {
+	s.lookups.Add(1)
+	return s.srv.classifier.Classify(q)
 }
 
 // LongTransactions counts, per pool, the clients whose transaction has

@@ -226,3 +226,31 @@ func TestDeadIdleConnectionsNotUsed(t *testing.T) {
 		}
 	}
 }
+
+// TestParseCacheMetric: repeated texts are counted as parse cache hits,
+// new ones as misses, in pgshield_parse_cache_lookups_total.
+func TestParseCacheMetric(t *testing.T) {
+	e := startProxy(t, nil)
+	ctx := ctxT(t)
+	c := e.simple(t, "app")
+	for i := 0; i < 5; i++ {
+		if _, err := c.Exec(ctx, "SELECT 'parse cache metric'"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	families, err := e.m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() == "pgshield_parse_cache_lookups_total" {
+			for _, m := range f.GetMetric() {
+				got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if got["hit"] < 4 || got["miss"] < 1 {
+		t.Errorf("parse cache lookups %v; want at least 4 hits and 1 miss", got)
+	}
+}

@@ -128,7 +128,7 @@ func (s *session) readOnlyBatchLocked(typ byte, body []byte, class *router.Class
 		var cl *router.Class
 		if t == 'P' && s.srv.classifier != nil {
 			if _, q, _, ok := wire.ParseFields(b); ok {
-				cl = s.srv.classifier.Classify(q)
+				cl = s.classifyText(q)
 			}
 		}
 		if !s.readOnlyMsgLocked(t, b, cl, &unnamed) {

@@ -43,6 +43,8 @@ type Server struct {
 	nextID    uint32
 	draining  bool
 	params    map[string]map[string]string // database -> ParameterStatus of a server
+	// endedLookups are the parse cache lookups of sessions that ended.
+	endedLookups uint64
 
 	classifier *router.Classifier // nil when classification is off
 	topo       *router.Topology   // nil: every client goes to the configured primary
@@ -336,6 +338,9 @@ func (s *Server) unregister(sess *session) {
 	defer s.mu.Unlock()
 	if s.sessions[sess.id] == sess {
 		delete(s.sessions, sess.id)
+		// Under s.mu, as scrapes sum the live sessions, so the lookup
+		// counter never goes back.
+		s.endedLookups += sess.lookups.Load()
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -134,6 +135,9 @@ type session struct {
 	draining        bool          // end the session at the next safe point
 	settingsSQL     string        // startup settings and tracked SETs, replayed on attach
 	settingsKey     string        // identifies settingsSQL; servers record what they have
+	// lookups counts the client's classifications (parse cache lookups);
+	// written by the client goroutine, read by metrics scrapes.
+	lookups atomic.Uint64
 	// idle is signalled at every ReadyForQuery and when the pump fails.
 	idle sync.Cond
 
@@ -382,13 +386,13 @@ func (s *session) classify(typ byte, body []byte) *router.Class {
 		if len(body) == 0 {
 			return nil
 		}
-		return s.srv.classifier.Classify(body[:len(body)-1])
+		return s.classifyText(body[:len(body)-1])
 	case 'P':
 		name, query, _, ok := wire.ParseFields(body)
 		if !ok {
 			return nil
 		}
-		cl := s.srv.classifier.Classify(query)
+		cl := s.classifyText(query)
 		if len(name) == 0 {
 			s.unnamedClass = cl
 		}

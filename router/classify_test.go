@@ -111,3 +111,16 @@ func TestLiteralSharing(t *testing.T) {
 		t.Fatalf("a literal variant allocates %.1f times", n)
 	}
 }
+
+// BenchmarkClassifyHitParallel measures a cache hit from every P at once,
+// as clients classify concurrently (shared cache and lookup counters).
+func BenchmarkClassifyHitParallel(b *testing.B) {
+	c := New(Config{})
+	q := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = $1")
+	c.Classify(q)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c.Classify(q)
+		}
+	})
+}

@@ -92,7 +92,7 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 		}
 		switch typ {
 		case 'Z':
-			if s.replayPending() {
+			if s.replaying {
 				if s.replay(srv) {
 					continue
 				}

@@ -56,18 +56,9 @@ func (s *session) holdRetryable(r *wire.Reader) (bool, error) {
 	if !retryableCode(errorField(frame[wire.HeaderLen:], 'C')) {
 		return false, nil
 	}
-	s.mu.Lock()
 	s.retryErr = append(s.retryErr[:0], frame...)
 	s.replaying = true
-	s.mu.Unlock()
 	return true, nil
-}
-
-// replayPending reports a held-back error waiting for its ReadyForQuery.
-func (s *session) replayPending() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.replaying
 }
 
 // replay sends the held Query again. It reports false when it cannot: the
@@ -101,8 +92,6 @@ func (s *session) replay(srv *poolmgr.Conn) bool {
 
 // takeRetryErr returns the held-back error to forward and clears it.
 func (s *session) takeRetryErr() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.replaying = false
 	return s.retryErr
 }

@@ -142,10 +142,8 @@ type session struct {
 	idle sync.Cond
 
 	// Statement retries (see retry.go), guarded by mu.
-	retryBuf  []byte // the Query to run again
-	retryErr  []byte // the ErrorResponse held back meanwhile
-	retries   int    // attempts so far for the head Query
-	replaying bool   // the held-back error is to be retried at ReadyForQuery
+	retryBuf []byte // the Query to run again
+	retries  int    // attempts so far for the head Query
 
 	// Read routing (see routing.go). reads and routing are set at login.
 	reads     string
@@ -156,13 +154,15 @@ type session struct {
 
 	// Owned by the pump: effects of statements that succeeded since the
 	// last ReadyForQuery, and of those inside the open transaction block.
-	respSent bool // a result message went to the client since the last ReadyForQuery
-	descSent bool // and a RowDescription
-	skipDesc bool // the Query run again will describe its rows again: drop that
-	done     []*router.Class
-	inTx     []*router.Class
-	txCommit bool // the last CommandComplete ended a block with COMMIT
-	entryErr bool // the head Query entry got an ErrorResponse
+	respSent  bool   // a result message went to the client since the last ReadyForQuery
+	retryErr  []byte // an ErrorResponse held back to retry its Query (retry.go)
+	replaying bool   // retryErr is to be retried at ReadyForQuery
+	descSent  bool   // and a RowDescription
+	skipDesc  bool   // the Query run again will describe its rows again: drop that
+	done      []*router.Class
+	inTx      []*router.Class
+	txCommit  bool // the last CommandComplete ended a block with COMMIT
+	entryErr  bool // the head Query entry got an ErrorResponse
 }
 
 // trackedSet is one session-level SET a client ran.

@@ -56,20 +56,28 @@ func (s *session) afterWrite(typ byte) {
 		return
 	}
 	if (typ == 'S' || typ == 'Q') && s.r.Buffered() == 0 {
-		srv := s.server
-		if s.cw == nil {
-			s.cw = s.srv.getWriter(s.conn)
-		}
-		cw := s.cw
-		s.pumpRunning, s.pumpClean, s.pumpDone, s.unpumped = true, false, nil, 0
-		s.mu.Unlock()
-		if !s.pumpLoop(srv, cw, true) {
+		if !s.pumpInlineLocked() {
 			return
 		}
 		s.mu.Lock()
 	}
 	s.startPumpLocked()
 	s.mu.Unlock()
+}
+
+// pumpInlineLocked reads the attached server's answers on the calling
+// (client) goroutine up to a ReadyForQuery; see pumpLoop. s.mu must be held
+// and a server attached; s.mu is released. It reports whether a background
+// pump must take over.
+func (s *session) pumpInlineLocked() (handoff bool) {
+	srv := s.server
+	if s.cw == nil {
+		s.cw = s.srv.getWriter(s.conn)
+	}
+	cw := s.cw
+	s.pumpRunning, s.pumpClean, s.pumpDone, s.unpumped = true, false, nil, 0
+	s.mu.Unlock()
+	return s.pumpLoop(srv, cw, true)
 }
 
 // pumpLoop forwards server messages to the client. Run inline by the

@@ -277,14 +277,7 @@ func (s *session) settleOutstanding() error {
 			s.idle.Wait()
 			continue
 		}
-		srv := s.server
-		if s.cw == nil {
-			s.cw = s.srv.getWriter(s.conn)
-		}
-		cw := s.cw
-		s.pumpRunning, s.pumpClean, s.pumpDone, s.unpumped = true, false, nil, 0
-		s.mu.Unlock()
-		handoff := s.pumpLoop(srv, cw, true)
+		handoff := s.pumpInlineLocked()
 		s.mu.Lock()
 		if handoff {
 			s.startPumpLocked()

@@ -8,22 +8,16 @@ import (
 // poll retries cond for up to 10 s.
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	pollFor(t, what, 10*time.Second, cond)
 }
 
-// pollFor retries cond for up to limit.
-func pollFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+// pollFor retries cond every 50 ms until it holds or limit passes.
+func pollFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -23,18 +23,6 @@ import (
 	"github.com/pgshield/pgshield/proxy"
 )
 
-// lcWaitFor retries cond every 50 ms until it holds or limit passes.
-func lcWaitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // lcDial connects to the proxy as user with password and extra libpq
 // parameters, without failing the test, and closes the connection when the
 // test ends.
@@ -156,7 +144,7 @@ func lcCount(t *testing.T, ctx context.Context, d *pgx.Conn, table, who string) 
 func lcFindActive(t *testing.T, ctx context.Context, d *pgx.Conn, marker string) int {
 	t.Helper()
 	var pid int
-	lcWaitFor(t, "the query to start on a server", 10*time.Second, func() bool {
+	pollFor(t, "the query to start on a server", 10*time.Second, func() bool {
 		return d.QueryRow(ctx, "select pid from pg_stat_activity where state = 'active' and position($1 in query) > 0 and pid <> pg_backend_pid()", marker).Scan(&pid) == nil
 	})
 	return pid
@@ -245,7 +233,7 @@ func TestLifecycleClientVanishesMidTransaction(t *testing.T) {
 					_, err := tx.Exec(context.Background(), "select pg_sleep(1) /* lc-running */")
 					running <- err
 				}()
-				lcWaitFor(t, "the statement to run", 10*time.Second, func() bool { return lcBackendState(ctx, d, pid) == "active" })
+				pollFor(t, "the statement to run", 10*time.Second, func() bool { return lcBackendState(ctx, d, pid) == "active" })
 			}
 			_ = c.PgConn().Conn().Close() // abrupt: no Terminate, no ROLLBACK
 			if running != nil {
@@ -256,15 +244,15 @@ func TestLifecycleClientVanishesMidTransaction(t *testing.T) {
 				}
 			}
 
-			lcWaitFor(t, "the server to leave the abandoned transaction", 10*time.Second, func() bool {
+			pollFor(t, "the server to leave the abandoned transaction", 10*time.Second, func() bool {
 				st := lcBackendState(ctx, d, pid)
 				return st == "" || st == "idle"
 			})
-			lcWaitFor(t, "no server idle in transaction", 5*time.Second, func() bool { return lcIdleInTx(ctx, d) == 0 })
+			pollFor(t, "no server idle in transaction", 5*time.Second, func() bool { return lcIdleInTx(ctx, d) == 0 })
 			if n := lcCount(t, ctx, d, "lifecycle_vanish", marker); n != 0 {
 				t.Fatalf("the vanished client's insert was committed (%d rows)", n)
 			}
-			lcWaitFor(t, "the pool to see its server back", 10*time.Second, func() bool {
+			pollFor(t, "the pool to see its server back", 10*time.Second, func() bool {
 				st, ok := lcStat(e, tc.service)
 				return ok && st.Active == 0
 			})
@@ -339,7 +327,7 @@ func TestLifecycleServerTerminatedMidQuery(t *testing.T) {
 			// The pool may open a replacement to keep its minimum (a zero
 			// min_connections means the default), but the dead connection
 			// must no longer count as acquired, and the backend is gone.
-			lcWaitFor(t, "the pool to drop the dead connection", 10*time.Second, func() bool {
+			pollFor(t, "the pool to drop the dead connection", 10*time.Second, func() bool {
 				st, ok := lcStat(e, tc.service)
 				return ok && st.Active == 0 && st.Active+st.Idle+st.Opening <= st.Max && lcBackendState(ctx, d, pid) == ""
 			})
@@ -442,7 +430,7 @@ func TestLifecycleWaitersServedInOrder(t *testing.T) {
 			r.err = w.QueryRow(ctx, "select nextval('lifecycle_fifo_seq')").Scan(&r.seq)
 			results[i] <- r
 		}()
-		lcWaitFor(t, fmt.Sprintf("%d clients waiting", i+1), 10*time.Second, func() bool {
+		pollFor(t, fmt.Sprintf("%d clients waiting", i+1), 10*time.Second, func() bool {
 			st, _ := lcStat(e, "analytics")
 			return st.Waiting == i+1
 		})
@@ -502,11 +490,11 @@ func TestLifecycleMaxClientConnections(t *testing.T) {
 	}
 
 	_ = conns[0].Close(context.Background())
-	lcWaitFor(t, "a slot after an orderly close", 10*time.Second, func() bool { return e.srv.ClientCount() == 2 })
+	pollFor(t, "a slot after an orderly close", 10*time.Second, func() bool { return e.srv.ClientCount() == 2 })
 	if err := lcLoginAndQuery(t, e, "app", lcPassword("app"), ""); err != nil {
 		t.Fatalf("client after a slot freed: %v", err)
 	}
-	lcWaitFor(t, "the short-lived client to leave", 10*time.Second, func() bool { return e.srv.ClientCount() == 2 })
+	pollFor(t, "the short-lived client to leave", 10*time.Second, func() bool { return e.srv.ClientCount() == 2 })
 	fourth, err := lcDial(t, e, "app", lcPassword("app"), "")
 	if err != nil {
 		t.Fatal(err)
@@ -514,7 +502,7 @@ func TestLifecycleMaxClientConnections(t *testing.T) {
 	refused()
 
 	_ = conns[2].PgConn().Conn().Close() // abrupt
-	lcWaitFor(t, "a slot after an abrupt close", 10*time.Second, func() bool { return e.srv.ClientCount() == 2 })
+	pollFor(t, "a slot after an abrupt close", 10*time.Second, func() bool { return e.srv.ClientCount() == 2 })
 	if err := lcLoginAndQuery(t, e, "tiny", lcPassword("tiny"), ""); err != nil {
 		t.Fatalf("client after an abrupt disconnect freed a slot: %v", err)
 	}
@@ -637,7 +625,7 @@ func TestLifecycleReload(t *testing.T) {
 			t.Fatal(err)
 		}
 		d := direct(t)
-		lcWaitFor(t, "the retired pool's server to close", 10*time.Second, func() bool { return lcBackendState(ctx, d, oldPid) == "" })
+		pollFor(t, "the retired pool's server to close", 10*time.Second, func() bool { return lcBackendState(ctx, d, oldPid) == "" })
 
 		a, b := e.connect(t, "tiny", ""), e.connect(t, "tiny", "")
 		pids := make([]int, 2)
@@ -708,7 +696,7 @@ func TestLifecycleShutdownDrains(t *testing.T) {
 	go func() { done <- e.srv.Shutdown(sctx) }()
 
 	// Idle clients are ended at once; only the two in a transaction remain.
-	lcWaitFor(t, "idle clients to be ended", 5*time.Second, func() bool { return e.srv.ClientCount() == 2 })
+	pollFor(t, "idle clients to be ended", 5*time.Second, func() bool { return e.srv.ClientCount() == 2 })
 	for name, c := range map[string]*pgx.Conn{"transaction mode": idleTx, "session mode": idleSess} {
 		lcExpectGoodbye(t, "idle "+name+" client", c)
 	}
@@ -746,7 +734,7 @@ func TestLifecycleShutdownDrains(t *testing.T) {
 	if got := e.srv.ClientCount(); got != 0 {
 		t.Errorf("ClientCount %d after Shutdown", got)
 	}
-	lcWaitFor(t, "no server idle in transaction", 5*time.Second, func() bool { return lcIdleInTx(ctx, d) == 0 })
+	pollFor(t, "no server idle in transaction", 5*time.Second, func() bool { return lcIdleInTx(ctx, d) == 0 })
 
 	// Again: harmless, and prompt (the harness's cleanup calls it a third
 	// time).
@@ -816,7 +804,7 @@ func TestLifecycleShutdownDeadline(t *testing.T) {
 	if got := e.srv.ClientCount(); got != 0 {
 		t.Errorf("ClientCount %d after Shutdown", got)
 	}
-	lcWaitFor(t, "the abandoned transaction to be rolled back", 10*time.Second, func() bool { return lcIdleInTx(ctx, d) == 0 })
+	pollFor(t, "the abandoned transaction to be rolled back", 10*time.Second, func() bool { return lcIdleInTx(ctx, d) == 0 })
 	if n := lcCount(t, ctx, d, "lifecycle_shutdown", marker+"/idle"); n != 0 {
 		t.Fatalf("transaction cut off by shutdown was committed")
 	}
@@ -825,7 +813,7 @@ func TestLifecycleShutdownDeadline(t *testing.T) {
 	if _, err := d.Exec(ctx, "select pg_terminate_backend($1)", sleeperPid); err != nil {
 		t.Fatal(err)
 	}
-	lcWaitFor(t, "the sleeper's backend to exit", 10*time.Second, func() bool { return lcBackendState(ctx, d, sleeperPid) == "" })
+	pollFor(t, "the sleeper's backend to exit", 10*time.Second, func() bool { return lcBackendState(ctx, d, sleeperPid) == "" })
 	if n := lcCount(t, ctx, d, "lifecycle_shutdown", marker+"/sleeper"); n != 0 {
 		t.Fatalf("statement cut off by shutdown was committed")
 	}
@@ -880,7 +868,7 @@ func TestLifecycleInvalidStartupSettings(t *testing.T) {
 
 	// tiny's one server had the bad settings tried on it: the next client
 	// must find it working, with defaults.
-	lcWaitFor(t, "analytics to have no active server", 5*time.Second, func() bool {
+	pollFor(t, "analytics to have no active server", 5*time.Second, func() bool {
 		st, ok := lcStat(e, "analytics")
 		return !ok || st.Active == 0
 	})
@@ -910,7 +898,7 @@ func TestLifecycleShutdownPinnedIdleClient(t *testing.T) {
 	if _, err := pinned.Exec(ctx, "listen lifecycle_ch"); err != nil {
 		t.Fatal(err)
 	}
-	lcWaitFor(t, "the client to be pinned", 5*time.Second, func() bool { return e.srv.PinnedCount() == 1 })
+	pollFor(t, "the client to be pinned", 5*time.Second, func() bool { return e.srv.PinnedCount() == 1 })
 	sctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -961,7 +949,7 @@ func TestLifecycleShutdownWhileWaitingForServer(t *testing.T) {
 				_, err := waiter.Exec(context.Background(), "insert into lifecycle_shutdown values ('"+marker+"')")
 				waitErr <- err
 			}()
-			lcWaitFor(t, "the client to wait for the server", 5*time.Second, func() bool {
+			pollFor(t, "the client to wait for the server", 5*time.Second, func() bool {
 				st, _ := lcStat(e, "analytics")
 				return st.Waiting == 1
 			})

@@ -186,13 +186,9 @@ func TestReadRouting(t *testing.T) {
 // writes replayed there).
 func waitReplicaRead(t *testing.T, ctx context.Context, c *pgx.Conn) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()") {
-		if time.Now().After(deadline) {
-			t.Fatal("reads did not return to the replica within 10 s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	pollFor(t, "reads to return to the replica", 10*time.Second, func() bool {
+		return inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()")
+	})
 }
 
 // TestLaggingReplicaGetsNothing: with the replica's replay paused and the
@@ -218,7 +214,7 @@ func TestLaggingReplicaGetsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Until the next lag check the replica may still look current.
-	pollFor(t, 10*time.Second, "replica lag seen", func() bool {
+	pollFor(t, "replica lag seen", 10*time.Second, func() bool {
 		for _, st := range e.topo.Status() {
 			if st.Addr == rc.replica.Addr() && st.LagBytes > 64<<10 {
 				return true
@@ -302,7 +298,7 @@ func TestBreakerBlackHole(t *testing.T) {
 	}
 
 	x.blackhole(t)
-	pollFor(t, 30*time.Second, "breaker open", func() bool { return e.pools.Breaker(x.addr()) == poolmgr.BreakerOpen })
+	pollFor(t, "breaker open", 30*time.Second, func() bool { return e.pools.Breaker(x.addr()) == poolmgr.BreakerOpen })
 
 	// New clients needing the primary: 08006 naming the backend, without
 	// waiting for a connect timeout.
@@ -333,7 +329,7 @@ func TestBreakerBlackHole(t *testing.T) {
 	}
 
 	x.heal(t)
-	pollFor(t, 30*time.Second, "breaker closed", func() bool { return e.pools.Breaker(x.addr()) == poolmgr.BreakerClosed })
+	pollFor(t, "breaker closed", 30*time.Second, func() bool { return e.pools.Breaker(x.addr()) == poolmgr.BreakerClosed })
 	w := e.connect(t, "app", "")
 	if _, err := w.Exec(ctx, "INSERT INTO t VALUES (3, 'after')"); err != nil {
 		t.Fatalf("write after the fault was removed: %v", err)

@@ -157,7 +157,7 @@ func (s *session) readOnlyMsgLocked(typ byte, body []byte, class *router.Class, 
 			return false
 		}
 		if len(stmt) == 0 {
-			return *unnamed != nil && (*unnamed).ReadOnly
+			return readOnlyClass(*unnamed, nil)
 		}
 		st, ok := s.stmts[string(stmt)]
 		return ok && readOnlyClass(st.class, st.query)

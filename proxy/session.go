@@ -475,22 +475,16 @@ const rejectedSQL = "pgshield refused this statement"
 // attach borrows a server connection of backend ("" for the configured
 // primary) and applies the client's settings. node is the replica chosen
 // for reads, or nil; it is released when the server is.
-func (s *session) attach(ctx context.Context, backend string, node *router.Node) error {
+// A failed dial needs no report to the topology here: poolmgr tells it.
+func (s *session) attach(ctx context.Context, backend string, node *router.Node) (err error) {
+	defer func() {
+		if err != nil && node != nil {
+			node.Done()
+		}
+	}()
 	conn, err := s.srv.pools.Acquire(ctx, s.service, s.database, backend)
 	if err != nil {
-		if node != nil {
-			node.Done()
-		}
-		var dialErr *poolmgr.DialError
-		if errors.As(err, &dialErr) && s.srv.topo != nil {
-			s.srv.topo.Report(dialErr.Backend)
-		}
 		return err
-	}
-	fail := func() {
-		if node != nil {
-			node.Done()
-		}
 	}
 	s.mu.Lock()
 	want, wantKey := s.settingsSQL, s.settingsKey
@@ -509,8 +503,7 @@ func (s *session) attach(ctx context.Context, backend string, node *router.Node)
 		var pgErr *pgconn.PgError
 		switch {
 		case errors.As(err, &pgErr):
-			fail()
-			conn.State = "\x00unknown"
+			conn.State = unknownState
 			if st == 'I' {
 				conn.Release()
 			} else {
@@ -518,7 +511,6 @@ func (s *session) attach(ctx context.Context, backend string, node *router.Node)
 			}
 			return fatalf(pgErr.Code, "invalid connection setting: %s", pgErr.Message)
 		case err != nil:
-			fail()
 			conn.Destroy()
 			return &poolmgr.DialError{Backend: conn.Backend(), Err: err}
 		}

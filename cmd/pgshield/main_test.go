@@ -70,6 +70,26 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// startServe runs `pgshield serve` on cfgPath; it is killed when the test
+// ends. exited receives its exit once (put it back to let the cleanup see
+// it).
+func startServe(t *testing.T, bin, cfgPath string) (cmd *exec.Cmd, logs *syncBuffer, exited chan error) {
+	t.Helper()
+	cmd = exec.Command(bin, "serve", "--config", cfgPath)
+	logs = &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited = make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	return cmd, logs, exited
+}
+
 func writeConfig(t *testing.T, path, listen string, pg *pgcluster.Cluster, users string) {
 	t.Helper()
 	writeConfigMetrics(t, path, listen, "127.0.0.1:0", pg, users)
@@ -114,18 +134,7 @@ func TestServeReloadAndTerminate(t *testing.T) {
 	addr := freeAddr(t)
 	writeConfig(t, cfgPath, addr, pg, "  - {name: app, password: one}")
 
-	cmd := exec.Command(bin, "serve", "--config", cfgPath)
-	var logs syncBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
+	cmd, logs, exited := startServe(t, bin, cfgPath)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	waitFor(t, "the proxy to listen", func() bool { return query(ctx, addr, "app", "one") == nil })

@@ -29,18 +29,7 @@ func TestPrometheusScrape(t *testing.T) {
 	cfgPath := filepath.Join(dir, "pgshield.yaml")
 	addr, metricsAddr := freeAddr(t), freeAddr(t)
 	writeConfigMetrics(t, cfgPath, addr, metricsAddr, pg, "  - {name: app, password: one}")
-	cmd := exec.Command(bin, "serve", "--config", cfgPath)
-	var logs syncBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
+	startServe(t, bin, cfgPath)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	waitFor(t, "the proxy to listen", func() bool { return query(ctx, addr, "app", "one") == nil })

@@ -17,8 +17,6 @@ type Probe struct {
 	// LSN is the WAL position: the current insert position of a primary,
 	// the replayed position of a replica.
 	LSN uint64
-	// ReceiveLSN is what a replica has received (0 on a primary).
-	ReceiveLSN uint64
 	// ReplayDelay is how far a replica's replay is behind in time: zero
 	// when it has replayed all it received, else the age of the last
 	// transaction it replayed.
@@ -31,7 +29,6 @@ type Probe struct {
 // probeSQL reads role and WAL positions in one round trip.
 const probeSQL = `SELECT pg_is_in_recovery(),
   (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0')::text,
-  COALESCE((pg_last_wal_receive_lsn() - '0/0')::text, '0'),
   CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn()
     THEN COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) ELSE 0 END::text,
   (SELECT blks_hit FROM pg_stat_database WHERE datname = current_database())::text,
@@ -81,7 +78,7 @@ func (m *Manager) Probe(ctx context.Context, database, addr string, fresh bool) 
 }
 
 func parseProbe(row [][]byte, pr *Probe) error {
-	if len(row) != 6 || row[0] == nil || row[1] == nil {
+	if len(row) != 5 || row[0] == nil || row[1] == nil {
 		return errors.New("unexpected health check result")
 	}
 	pr.InRecovery = string(row[0]) == "t"
@@ -89,17 +86,14 @@ func parseProbe(row [][]byte, pr *Probe) error {
 	if pr.LSN, err = strconv.ParseUint(string(row[1]), 10, 64); err != nil {
 		return fmt.Errorf("health check LSN: %w", err)
 	}
-	if pr.ReceiveLSN, err = strconv.ParseUint(string(row[2]), 10, 64); err != nil {
-		return fmt.Errorf("health check receive LSN: %w", err)
-	}
-	secs, err := strconv.ParseFloat(string(row[3]), 64)
+	secs, err := strconv.ParseFloat(string(row[2]), 64)
 	if err != nil {
 		return fmt.Errorf("health check replay delay: %w", err)
 	}
 	pr.ReplayDelay = time.Duration(secs * float64(time.Second))
-	if row[4] != nil && row[5] != nil {
-		pr.BlksHit, _ = strconv.ParseUint(string(row[4]), 10, 64)
-		pr.BlksRead, _ = strconv.ParseUint(string(row[5]), 10, 64)
+	if row[3] != nil && row[4] != nil {
+		pr.BlksHit, _ = strconv.ParseUint(string(row[3]), 10, 64)
+		pr.BlksRead, _ = strconv.ParseUint(string(row[4]), 10, 64)
 	}
 	return nil
 }

@@ -80,6 +80,19 @@ func TestFailover(t *testing.T) {
 					}
 				}
 			}
+			// An operator re-admits the old primary (once it is made a
+			// replica of the new one); unknown names are refused.
+			if err := e.topo.Readmit("app", rc.primary.Addr()); err != nil {
+				t.Fatal(err)
+			}
+			for _, st := range e.topo.Status() {
+				if st.Addr == rc.primary.Addr() && st.Fenced {
+					t.Error("old primary still fenced after Readmit")
+				}
+			}
+			if e.topo.Readmit("app", "127.0.0.1:1") == nil || e.topo.Readmit("nope", rc.primary.Addr()) == nil {
+				t.Error("Readmit accepted a backend or database it does not know")
+			}
 		})
 	}
 }

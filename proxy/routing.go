@@ -89,7 +89,7 @@ func (b poolBackends) Probe(ctx context.Context, database, addr string, fresh bo
 	if err != nil {
 		return router.Sample{}, err
 	}
-	return router.Sample{Started: p.Started, InRecovery: p.InRecovery, LSN: p.LSN, ReceiveLSN: p.ReceiveLSN,
+	return router.Sample{Started: p.Started, InRecovery: p.InRecovery, LSN: p.LSN,
 		ReplayDelay: p.ReplayDelay, BlksHit: p.BlksHit, BlksRead: p.BlksRead}, nil
 }
 

@@ -134,7 +134,6 @@ type Sample struct {
 	Started     time.Time // when the check query was sent
 	InRecovery  bool
 	LSN         uint64 // primary: insert position; replica: replayed position
-	ReceiveLSN  uint64
 	ReplayDelay time.Duration
 	// BlksHit and BlksRead: buffer hits and reads of the database.
 	BlksHit, BlksRead uint64
@@ -274,9 +273,6 @@ func NewTopology(cfg TopologyConfig, dbs []DatabaseTopology, b Backends, onEvent
 	t.mu.Unlock()
 	return t
 }
-
-// Config returns the configuration in force.
-func (t *Topology) Config() TopologyConfig { return t.cfg }
 
 // Start checks every backend once (waiting up to the check timeout, so
 // that routing starts from discovered roles), then keeps checking until

@@ -46,6 +46,9 @@ type Reader struct {
 	n       int // body length of the current message
 	pending int // bytes of the current frame still in br
 	scratch []byte
+	// held: the current frame, too large for br, was read whole into
+	// scratch by Frame; WriteTo and Frame serve it from there.
+	held bool
 }
 
 // NewReader returns a Reader over br that refuses bodies larger than max
@@ -68,6 +71,7 @@ func (r *Reader) Buffered() int { return r.br.Buffered() - r.pending }
 // Next discards whatever is left of the current message and reads the next
 // header. It returns the message type and body length.
 func (r *Reader) Next() (typ byte, n int, err error) {
+	r.held = false
 	if r.pending > 0 {
 		if _, err := r.br.Discard(r.pending); err != nil {
 			return 0, 0, err
@@ -115,6 +119,9 @@ func (r *Reader) Frame() ([]byte, error) {
 	if total <= r.br.Size() {
 		return r.br.Peek(total)
 	}
+	if r.held {
+		return r.scratch[:total], nil
+	}
 	if cap(r.scratch) < total {
 		r.scratch = make([]byte, total)
 	}
@@ -123,6 +130,7 @@ func (r *Reader) Frame() ([]byte, error) {
 		return nil, err
 	}
 	r.pending = 0
+	r.held = true
 	return buf, nil
 }
 
@@ -145,6 +153,10 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 			return 0, &ReadError{err}
 		}
 		n, err := w.Write(f)
+		return int64(n), err
+	}
+	if r.held {
+		n, err := w.Write(r.scratch[:total])
 		return int64(n), err
 	}
 	var hdr [HeaderLen]byte

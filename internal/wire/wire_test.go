@@ -116,3 +116,40 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// TestFrameThenWriteTo: the proxy reads a message (Body, to classify it)
+// and then forwards it (WriteTo) from the same reader; a message larger
+// than the buffer must be forwarded whole, and the next one read intact.
+func TestFrameThenWriteTo(t *testing.T) {
+	big := bytes.Repeat([]byte("y"), 20_000)
+	src := append(frame('Q', big), frame('Q', []byte("next\x00"))...)
+	r := NewReader(bufio.NewReaderSize(bytes.NewReader(src), 4096), 0)
+	if _, _, err := r.Next(); err != nil {
+		t.Fatal(err)
+	}
+	f1, err := r.Frame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2, err := r.Frame()
+	if err != nil || !bytes.Equal(f1, f2) {
+		t.Fatalf("a second Frame differs: %v", err)
+	}
+	if a := r.Ahead(); !bytes.Equal(a, frame('Q', []byte("next\x00"))[:len(a)]) {
+		t.Fatalf("Ahead after a held frame: %q", a)
+	}
+	var out bytes.Buffer
+	if _, err := r.WriteTo(&out); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), frame('Q', big)) {
+		t.Fatalf("WriteTo after Frame forwarded %d bytes, want the whole %d-byte frame", out.Len(), len(big)+HeaderLen)
+	}
+	typ, n, err := r.Next()
+	if err != nil || typ != 'Q' || n != 5 {
+		t.Fatalf("next message: %c %d %v", typ, n, err)
+	}
+	if body, err := r.Body(); err != nil || string(body) != "next\x00" {
+		t.Fatalf("next body %q %v", body, err)
+	}
+}

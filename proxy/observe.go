@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/wire"
 	"github.com/pgshield/pgshield/metrics"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/router"
@@ -160,21 +159,15 @@ func Ready(topo *router.Topology) func(context.Context) error {
 // SetMetrics makes the proxy record into m. Call before serving.
 func (s *Server) SetMetrics(m *metrics.Metrics) { s.metrics = m }
 
-// countError records an ErrorResponse from the server: errors by SQLSTATE
-// class, and deadlocks (also those the proxy then retries).
-func (s *session) countError(r *wire.Reader) error {
+// countError records an ErrorResponse from the server by its SQLSTATE:
+// errors by class, and deadlocks (also those the proxy then retries).
+func (s *session) countError(code []byte) {
 	m := s.srv.metrics
 	if m == nil {
-		return nil
+		return
 	}
-	frame, err := r.Frame()
-	if err != nil {
-		return err
-	}
-	code := string(errorField(frame[wire.HeaderLen:], 'C'))
-	m.QueryErrors.WithLabelValues(s.service, s.database, metrics.ErrorClass(code)).Inc()
-	if code == "40P01" {
+	m.QueryErrors.WithLabelValues(s.service, s.database, metrics.ErrorClass(string(code))).Inc()
+	if string(code) == "40P01" {
 		m.Deadlocks.WithLabelValues(s.service, s.database).Inc()
 	}
-	return nil
 }

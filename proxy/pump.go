@@ -147,14 +147,14 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			}
 			continue
 		case 'E':
-			if err := s.countError(r); err != nil {
+			frame, err := r.Frame()
+			if err != nil {
 				s.pumpFailed(srv, cw, err, false)
 				return false
 			}
-			if held, err := s.holdRetryable(r); err != nil {
-				s.pumpFailed(srv, cw, err, false)
-				return false
-			} else if held {
+			code := errorField(frame[wire.HeaderLen:], 'C')
+			s.countError(code)
+			if s.holdRetryable(frame, code) {
 				continue
 			}
 			if replace := s.serverError(); replace != nil {

@@ -36,29 +36,23 @@ func retryableCode(code []byte) bool {
 	return string(code) == "40001" || string(code) == "40P01"
 }
 
-// holdRetryable looks at an ErrorResponse from the server: if it fails a
-// Query that may be run again, it is held back and true returned.
-func (s *session) holdRetryable(r *wire.Reader) (bool, error) {
-	if s.respSent {
-		return false, nil
+// holdRetryable looks at an ErrorResponse from the server (frame, with its
+// SQLSTATE code): if it fails a Query that may be run again, it is held back
+// and true returned.
+func (s *session) holdRetryable(frame, code []byte) bool {
+	if s.respSent || !retryableCode(code) {
+		return false
 	}
 	s.mu.Lock()
 	h := s.queue.peek()
 	ok := h != nil && h.retry && s.retries < s.srv.rt.Load().cfg.MaxRetries
 	s.mu.Unlock()
 	if !ok {
-		return false, nil
-	}
-	frame, err := r.Frame()
-	if err != nil {
-		return false, err
-	}
-	if !retryableCode(errorField(frame[wire.HeaderLen:], 'C')) {
-		return false, nil
+		return false
 	}
 	s.retryErr = append(s.retryErr[:0], frame...)
 	s.replaying = true
-	return true, nil
+	return true
 }
 
 // replay sends the held Query again. It reports false when it cannot: the

@@ -40,6 +40,12 @@ func readAll(t *testing.T, src []byte, bufSize, max int) (frames [][]byte, err e
 		if !bytes.Equal(f, out.Bytes()) {
 			t.Fatalf("Frame and WriteTo differ: %q vs %q", f, out.Bytes())
 		}
+		// The proxy reads a message and then forwards it from the same
+		// reader.
+		var again bytes.Buffer
+		if _, err := r.WriteTo(&again); err != nil || !bytes.Equal(f, again.Bytes()) {
+			t.Fatalf("WriteTo after Frame on one reader: %v, %d bytes, want %d", err, again.Len(), len(f))
+		}
 		if f[0] != typ || len(f) != HeaderLen+n {
 			t.Fatalf("frame header mismatch")
 		}

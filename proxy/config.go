@@ -74,6 +74,16 @@ type Config struct {
 	// DisableClassification turns SQL classification off (benchmarks
 	// only): session state in transaction mode is then not tracked.
 	DisableClassification bool `yaml:"disable_classification"`
+	// DisableStats turns off per-statement statistics (timings, query
+	// statistics, slow-query log); gauges and error counters stay. For
+	// measuring what the statistics cost.
+	DisableStats bool `yaml:"disable_stats"`
+	// SlowQueryThreshold: statements running longer are logged (normalized)
+	// and counted in database_slow_queries_total.
+	SlowQueryThreshold time.Duration `yaml:"slow_query_threshold"`
+	// QueryStatsSize bounds the statements (pg_query fingerprints) whose
+	// statistics are kept; the least recently run are forgotten.
+	QueryStatsSize int `yaml:"query_stats_size"`
 }
 
 // Defaults.
@@ -86,6 +96,8 @@ const (
 	DefaultMaxPrepared          = 250
 	DefaultMaxRetries           = 3
 	DefaultLongTransaction      = 30 * time.Second
+	DefaultSlowQueryThreshold   = 500 * time.Millisecond
+	DefaultQueryStatsSize       = 5000
 	scramIterations             = 4096
 )
 
@@ -123,6 +135,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.LongTransactionThreshold == 0 {
 		c.LongTransactionThreshold = DefaultLongTransaction
+	}
+	if c.SlowQueryThreshold == 0 {
+		c.SlowQueryThreshold = DefaultSlowQueryThreshold
+	}
+	if c.QueryStatsSize == 0 {
+		c.QueryStatsSize = DefaultQueryStatsSize
 	}
 	return c
 }

@@ -1,0 +1,133 @@
+package admin
+
+import (
+	"context"
+	"time"
+
+	"github.com/pgshield/pgshield/metrics"
+)
+
+// Source is everything the console reads and controls. The live one
+// (NewSource) joins the proxy, the pool manager and the topology; the
+// console itself only renders what Source returns.
+type Source interface {
+	Pools() []PoolRow
+	Clients() []ClientRow
+	Servers() []ServerRow
+	Backends() []BackendRow
+	Stats() []StatsRow
+	Config() [][2]string // setting name, value; in a stable order
+	Version() string
+	Queries(n int) []metrics.QueryStat
+	SlowQueries() []metrics.SlowQuery
+	SlowThreshold() time.Duration
+	Transactions() []TransactionRow
+	Pinned() []PinnedRow
+	Alerts() []metrics.Alert
+
+	// DatabaseQuery runs a read-only statistics query on the primary of
+	// database ("" for every configured database, in name order) and
+	// returns one result per database.
+	Databases() []string
+	DatabaseQuery(ctx context.Context, database, sql string) (Result, error)
+
+	// Control. database "" means every database.
+	Pause(ctx context.Context, database string) error
+	Resume(database string) error
+	Reload() error
+	Kill(clientID uint32) error
+	Set(name, value string) error
+	Readmit(database, backend string) error
+}
+
+// PoolRow is one pool: clients and servers of a (service, database,
+// backend).
+type PoolRow struct {
+	Service, Database, Backend, Mode string
+	ClientsActive                    int // attached to a server of this pool
+	ClientsIdle                      int // connected, no server
+	ClientsWaiting                   int // waiting for a server
+	ServersActive                    int
+	ServersIdle                      int
+	ServersOpening                   int
+	Max, Min                         int
+	WaitP50, WaitP95, WaitP99        time.Duration // time clients waited for a server
+	Acquires, WaitTimeouts           int64
+	Paused                           bool
+}
+
+// ClientRow is one connected client.
+type ClientRow struct {
+	ID                                   uint32
+	User, Database, Service, Mode        string
+	Remote, ApplicationName              string
+	TLS                                  bool
+	State                                string // idle, active, idle in transaction, waiting
+	Backend                              string // "" when no server is attached
+	ServerPID                            uint32
+	ConnectedAt                          time.Time
+	TxStart                              time.Time // zero outside a transaction
+	Queries, Transactions                int64
+	BytesIn, BytesOut                    int64 // from the client, to the client
+	Pinned                               string // why the client is pinned, "" if not
+}
+
+// ServerRow is one open server connection.
+type ServerRow struct {
+	Service, Database, Backend string
+	PID                        uint32
+	State                      string // active, idle
+	ClientID                   uint32 // 0 when idle
+	ConnectedAt                time.Time
+	IdleFor                    time.Duration
+}
+
+// BackendRow is one backend server as the topology sees it.
+type BackendRow struct {
+	Database, Backend, Role string // role: primary, replica, unknown
+	InService               bool   // the primary writes go to
+	Healthy, Fenced         bool
+	Breaker                 string // closed, half-open, open
+	LagBytes                uint64
+	LagSeconds              float64
+	LastCheck               time.Time
+	LastError               string
+	Clients                 int64 // clients reading from it now
+}
+
+// StatsRow is the traffic of one pool (service, database) since start.
+type StatsRow struct {
+	Service, Database string
+	Queries           int64
+	Transactions      int64
+	Commits           int64
+	Rollbacks         int64
+	Errors            int64
+	BytesIn           int64 // from clients
+	BytesOut          int64 // to clients
+	QueryTime         time.Duration
+	AvgQuery          time.Duration
+	AvgTransaction    time.Duration
+}
+
+// TransactionRow is one open transaction.
+type TransactionRow struct {
+	ClientID                         uint32
+	User, Service, Database, Backend string
+	Started                          time.Time
+	Age                              time.Duration
+	State                            string // active, idle in transaction, failed
+	Isolation                        string // as set by BEGIN/SET TRANSACTION; "default" otherwise
+	Statements                       int
+	Tables                           []string // tables written so far
+	Rows                             int64    // rows affected so far (CommandComplete tags)
+	Long                             bool     // older than long_transaction_threshold
+}
+
+// PinnedRow is one client pinned to its server by session state.
+type PinnedRow struct {
+	ClientID                         uint32
+	User, Service, Database, Backend string
+	ServerPID                        uint32
+	Reasons                          string // LISTEN, temporary object …
+}

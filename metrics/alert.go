@@ -1,0 +1,14 @@
+package metrics
+
+import "time"
+
+// Alert is one firing condition, for SHOW ALERTS.
+type Alert struct {
+	Name      string // e.g. PoolUtilizationHigh; the same names as the shipped Prometheus rules
+	Severity  string // warning, critical
+	Subject   string // what it is about: "api/app", a backend address, a client id …
+	Value     float64
+	Threshold float64
+	Since     time.Time // when it started firing
+	Message   string    // one sentence an operator can act on
+}

@@ -96,6 +96,19 @@ type Class struct {
 	SyntaxError string
 	// SyntaxCursor is the 1-based position of the syntax error.
 	SyntaxCursor int
+	// Fingerprint identifies the statement shape (pg_query fingerprint:
+	// the same for texts differing only in literal values), for query
+	// statistics; "" when the text does not parse.
+	Fingerprint string
+	// Normalized is the text with every literal replaced by $n (pg_query
+	// normalize): safe to show and log, as it holds no values.
+	Normalized string
+	// Writes lists the tables the statements write (INSERT, UPDATE,
+	// DELETE, MERGE, COPY FROM, TRUNCATE), as written in the text.
+	Writes []string
+	// Isolation is the isolation level a BEGIN / START TRANSACTION / SET
+	// TRANSACTION sets, lower case ("serializable"); "" if none.
+	Isolation string
 	// literalFree: nothing above depends on a literal value, so the class
 	// also serves texts that differ only in literals.
 	literalFree bool
@@ -182,6 +195,18 @@ func classify(text string) *Class {
 	cl := &Class{Statements: len(tree.Stmts), ReadOnly: len(tree.Stmts) > 0, Transaction: len(tree.Stmts) > 0, literalFree: true}
 	for _, raw := range tree.Stmts {
 		classifyStmt(cl, raw, tree.Version)
+		cl.Writes = appendWrites(cl.Writes, raw.GetStmt())
+		if iso := isolationOf(raw.GetStmt()); iso != "" {
+			cl.Isolation = iso
+		}
+	}
+	// Both are the same for every literal variant of the text, so a class
+	// shared by such variants still describes each of them.
+	if fp, err := pg.Fingerprint(text); err == nil {
+		cl.Fingerprint = fp
+	}
+	if n, err := pg.Normalize(text); err == nil {
+		cl.Normalized = n
 	}
 	if cl.Pins != 0 || len(cl.Effects) > 0 {
 		cl.literalFree = false

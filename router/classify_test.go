@@ -124,3 +124,43 @@ func BenchmarkClassifyHitParallel(b *testing.B) {
 		}
 	})
 }
+
+// TestInsight covers what query statistics and SHOW TRANSACTIONS read from a
+// class: the tables written, the isolation level, and a fingerprint and
+// normalized text that hold no literal and are shared by literal variants.
+func TestInsight(t *testing.T) {
+	c := New(Config{})
+	for _, tc := range []struct {
+		q, writes, iso string
+	}{
+		{"BEGIN ISOLATION LEVEL SERIALIZABLE", "", "serializable"},
+		{"START TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY", "", "read committed"},
+		{"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "", "repeatable read"},
+		{"with x as (insert into a.b values (1) returning *) update c set v = 2 where id in (select * from x)", "c,a.b", ""},
+		{"truncate t1, s.t2", "t1,s.t2", ""},
+		{"copy t from stdin", "t", ""},
+		{"copy t to stdout", "", ""},
+		{"delete from t where id = 'x'; insert into u values (1)", "t,u", ""},
+		{"merge into m using s on m.id = s.id when matched then delete", "m", ""},
+		{"select * from t for update", "", ""},
+	} {
+		cl := c.Classify([]byte(tc.q))
+		if got := strings.Join(cl.Writes, ","); got != tc.writes {
+			t.Errorf("%s: writes %q, want %q", tc.q, got, tc.writes)
+		}
+		if cl.Isolation != tc.iso {
+			t.Errorf("%s: isolation %q, want %q", tc.q, cl.Isolation, tc.iso)
+		}
+	}
+	a := c.Classify([]byte("SELECT * FROM users WHERE email = 'alice@example.com'"))
+	b := c.Classify([]byte("SELECT * FROM users WHERE email = 'bob@example.com'"))
+	if a.Fingerprint == "" || a.Fingerprint != b.Fingerprint {
+		t.Errorf("fingerprints %q and %q: want equal and set", a.Fingerprint, b.Fingerprint)
+	}
+	if strings.Contains(a.Normalized, "alice") || !strings.Contains(a.Normalized, "$1") {
+		t.Errorf("normalized %q keeps a literal", a.Normalized)
+	}
+	if bad := c.Classify([]byte("SELEC 'secret'")); bad.Fingerprint != "" || bad.Normalized != "" {
+		t.Errorf("a syntax error has fingerprint %q, normalized %q", bad.Fingerprint, bad.Normalized)
+	}
+}

@@ -3,6 +3,7 @@
 // own PostgreSQL (internal/pgcluster), PgBouncer and pgshield on loopback.
 //
 //	go run ./bench [-duration 10s] [-rounds 3] [-out bench/RESULTS.md]
+//	go run ./bench -only failover|stats   (one scenario, its section printed)
 //
 // Nothing imports this package; timing goals live here, never in tests.
 package main

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -50,45 +48,20 @@ func failover(dir, bin string) failoverResult {
 		res.err = err
 		return res
 	}
-	port, err := freePort()
-	if err != nil {
-		res.err = err
-		return res
-	}
-	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
-metrics_listen: 127.0.0.1:0
-auth_type: trust
+	p, err := launchPgshield(dir, "failover", bin, fmt.Sprintf(`auth_type: trust
 users:
   - {name: app, password: app, service: api}
 databases:
   app: {primary: %s, replicas: [%s], user: %s, password: %s, server_tls: {mode: disable}}
 routing: {failover: promote}
 log: {level: warn, format: json}
-`, port, primary.Addr(), replica.Addr(), primary.User, primary.Password)
-	path := filepath.Join(dir, "pgshield-failover.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		res.err = err
-		return res
-	}
-	logFile := filepath.Join(dir, "pgshield-failover.log")
-	lf, err := os.Create(logFile)
+`, primary.Addr(), replica.Addr(), primary.User, primary.Password))
 	if err != nil {
 		res.err = err
 		return res
 	}
-	cmd := exec.Command(bin, "serve", "--config", path)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		res.err = err
-		return res
-	}
-	p := &proc{name: "pgshield", port: port, cmd: cmd, pid: cmd.Process.Pid}
 	defer p.stop()
-	if err := waitListening(port, cmd, logFile); err != nil {
-		res.err = err
-		return res
-	}
-	url := fmt.Sprintf("host=127.0.0.1 port=%d user=app dbname=app sslmode=disable", port)
+	url := fmt.Sprintf("host=127.0.0.1 port=%d user=app dbname=app sslmode=disable", p.port)
 	wl := writeload.Run(writeload.Options{URL: url, Writers: res.writers, Table: "acked",
 		Before: 2 * time.Second, After: 2 * time.Second, Limit: time.Minute,
 		Fault: func() {

@@ -25,30 +25,49 @@ func main() {
 	pgshieldBin := flag.String("pgshield", "bin/pgshield", "pgshield binary")
 	idle := flag.Int("idle-clients", 5000, "idle clients for the memory measure")
 	many := flag.Int("many-clients", 10000, "concurrent clients for the scale test")
-	only := flag.String("only", "", "run one scenario and print it: failover")
+	only := flag.String("only", "", "run one scenario and print it: failover or stats")
 	flag.Parse()
-	if *only == "failover" {
-		dir, err := os.MkdirTemp("", "pgshield-bench-")
-		if err == nil {
-			err = os.Chmod(dir, 0o755)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		defer os.RemoveAll(dir)
-		say("failover: primary and synchronous replica, 20 writers, pg_ctl stop -m immediate")
-		f := failover(dir, *pgshieldBin)
-		fmt.Println(f.markdown())
-		if f.err != nil {
-			os.Exit(1)
-		}
-		return
+	var err error
+	switch *only {
+	case "failover":
+		err = onlyFailover(*pgshieldBin)
+	case "stats":
+		err = onlyStats(*duration, *rounds, *pgshieldBin)
+	case "":
+		err = run(*duration, *rounds, *out, *pgshieldBin, *idle, *many)
+	default:
+		err = fmt.Errorf("-only %q: want failover or stats", *only)
 	}
-	if err := run(*duration, *rounds, *out, *pgshieldBin, *idle, *many); err != nil {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+func onlyFailover(pgshieldBin string) error {
+	dir, err := os.MkdirTemp("", "pgshield-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	say("failover: primary and synchronous replica, 20 writers, pg_ctl stop -m immediate")
+	f := failover(dir, pgshieldBin)
+	fmt.Println(f.markdown())
+	return f.err
+}
+
+func onlyStats(duration time.Duration, rounds int, pgshieldBin string) error {
+	e, err := newEnv(context.Background())
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	s := statsCost(e, pgshieldBin, duration, rounds)
+	fmt.Println(s.markdown())
+	return s.err
 }
 
 // env holds everything one bench run started.
@@ -64,43 +83,64 @@ type env struct {
 
 func say(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
 
-func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN, manyN int) error {
-	ctx := context.Background()
+// newEnv starts PostgreSQL in a new temporary directory with the pgbench
+// tables (scale 10) in database bench, owned by role bench.
+func newEnv(ctx context.Context) (e *env, err error) {
 	dir, err := os.MkdirTemp("", "pgshield-bench-")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	e = &env{dir: dir, log: &strings.Builder{}}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
 	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
-	e := &env{dir: dir, log: &strings.Builder{}}
-
 	say("starting PostgreSQL")
 	e.pg, err = pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dir, "pg"), Settings: map[string]string{"max_connections": "300"}})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer e.pg.Remove()
 	if err := e.pg.CreateRole(ctx, "bench", "bench", true); err != nil {
-		return err
+		return nil, err
 	}
 	if err := e.pg.CreateDatabase(ctx, "bench", "bench"); err != nil {
-		return err
+		return nil, err
 	}
 	if e.pgbench, err = tool("pgbench"); err != nil {
-		return err
+		return nil, err
 	}
 	say("pgbench -i -s 10")
 	if out, err := e.pgbenchCmd(e.pg.Port, "-i", "-s", "10", "-q").CombinedOutput(); err != nil {
-		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
+		return nil, fmt.Errorf("pgbench -i: %v\n%s", err, out)
 	}
+	return e, nil
+}
 
-	if e.shield, err = startPgshield(dir, "on", pgshieldBin, e.pg, false); err != nil {
+// close removes PostgreSQL and the directory newEnv made.
+func (e *env) close() {
+	if e.pg != nil {
+		e.pg.Remove()
+	}
+	os.RemoveAll(e.dir)
+}
+
+func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN, manyN int) error {
+	e, err := newEnv(context.Background())
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	dir := e.dir
+
+	if e.shield, err = startPgshield(dir, "on", pgshieldBin, e.pg, shieldOptions{}); err != nil {
 		return err
 	}
 	defer e.shield.stop()
-	if e.shieldOff, err = startPgshield(dir, "off", pgshieldBin, e.pg, true); err != nil {
+	if e.shieldOff, err = startPgshield(dir, "off", pgshieldBin, e.pg, shieldOptions{noClassify: true}); err != nil {
 		return err
 	}
 	defer e.shieldOff.stop()
@@ -156,6 +196,7 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN,
 			}
 		}
 	}
+	res.stats = statsCost(e, pgshieldBin, duration, rounds)
 
 	say("%d concurrent clients", manyN)
 	res.manyShield = manyClients(e.shield.port, manyN)
@@ -194,6 +235,7 @@ func (e *env) pgbenchCmd(port int, args ...string) *exec.Cmd {
 type measure struct {
 	tps, latency float64
 	failed       int
+	txns         int // transactions pgbench completed
 	note         string
 }
 
@@ -201,6 +243,7 @@ var (
 	reTPS     = regexp.MustCompile(`tps = ([0-9.]+) \(without initial`)
 	reLatency = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
 	reFailed  = regexp.MustCompile(`number of failed transactions: ([0-9]+)`)
+	reTxns    = regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
 	reError   = regexp.MustCompile(`(?m)^pgbench: error: (.*)$`)
 )
 
@@ -216,6 +259,9 @@ func (e *env) pgbenchS(port int, mode string, clients int, d time.Duration) meas
 	}
 	if s := reFailed.FindSubmatch(out); s != nil {
 		m.failed, _ = strconv.Atoi(string(s[1]))
+	}
+	if s := reTxns.FindSubmatch(out); s != nil {
+		m.txns, _ = strconv.Atoi(string(s[1]))
 	}
 	if err != nil {
 		m.note = "pgbench failed"
@@ -267,5 +313,8 @@ func median(xs []float64) float64 {
 	}
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
 	return s[len(s)/2]
 }

@@ -16,10 +16,11 @@ import (
 
 // proc is a pooler under test.
 type proc struct {
-	name string
-	port int
-	cmd  *exec.Cmd
-	pid  int // of the pooler itself (not of a wrapping shell)
+	name        string
+	port        int
+	metricsPort int // pgshield's metrics_listen; 0 for PgBouncer
+	cmd         *exec.Cmd
+	pid         int // of the pooler itself (not of a wrapping shell)
 }
 
 func (p *proc) stop() {
@@ -51,12 +52,26 @@ func (p *proc) rssKB() (int, error) {
 }
 
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freePorts(1)
 	if err != nil {
 		return 0, err
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return ports[0], nil
+}
+
+// freePorts returns n distinct free loopback ports: all n are held open
+// until the last is picked, so the kernel cannot hand out one twice.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
 }
 
 func waitListening(port int, cmd *exec.Cmd, logFile string) error {
@@ -75,27 +90,42 @@ func waitListening(port int, cmd *exec.Cmd, logFile string) error {
 	return fmt.Errorf("not listening on %d:\n%s", port, data)
 }
 
+// shieldOptions are the settings the bench varies between pgshield
+// instances; everything else is the same for all of them.
+type shieldOptions struct {
+	noClassify bool // disable_classification
+	noStats    bool // disable_stats
+}
+
 // startPgshield runs pgshield in transaction mode with 20 server
-// connections, trust authentication (as PgBouncer below), and SQL
-// classification on or off.
-func startPgshield(dir, tag, bin string, pg *pgcluster.Cluster, noClassify bool) (*proc, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
-metrics_listen: 127.0.0.1:0
-auth_type: trust
+// connections and trust authentication (as PgBouncer below); opts turns
+// SQL classification or statistics off.
+func startPgshield(dir, tag, bin string, pg *pgcluster.Cluster, opts shieldOptions) (*proc, error) {
+	return launchPgshield(dir, tag, bin, fmt.Sprintf(`auth_type: trust
 users:
   - {name: bench, password: bench, service: api}
 max_client_connections: 12000
 disable_classification: %v
+disable_stats: %v
 databases:
   bench: {primary: %s, user: bench, password: bench, server_tls: {mode: disable}}
 services:
   api: {max_connections: 20, min_connections: 20, pool_mode: transaction}
 log: {level: warn, format: json}
-`, port, noClassify, pg.Addr())
+`, opts.noClassify, opts.noStats, pg.Addr()))
+}
+
+// launchPgshield writes the configuration body (everything but the
+// listeners) to pgshield-<tag>.yaml in dir, with client, admin and metrics
+// listeners on free loopback ports of its own, so that instances running
+// side by side never meet on the default ports; then starts pgshield and
+// waits until it accepts clients.
+func launchPgshield(dir, tag, bin, body string) (*proc, error) {
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\nadmin_listen: 127.0.0.1:%d\nmetrics_listen: 127.0.0.1:%d\n", ports[0], ports[1], ports[2]) + body
 	path := filepath.Join(dir, "pgshield-"+tag+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -108,10 +138,12 @@ log: {level: warn, format: json}
 	cmd := exec.Command(bin, "serve", "--config", path)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
+		lf.Close()
 		return nil, err
 	}
-	p := &proc{name: "pgshield", port: port, cmd: cmd, pid: cmd.Process.Pid}
-	if err := waitListening(port, cmd, logFile); err != nil {
+	lf.Close() // the child holds its own descriptor
+	p := &proc{name: "pgshield", port: ports[0], metricsPort: ports[2], cmd: cmd, pid: cmd.Process.Pid}
+	if err := waitListening(p.port, cmd, logFile); err != nil {
 		p.stop()
 		return nil, err
 	}

@@ -16,6 +16,7 @@ type results struct {
 	manyShield  manyResult
 	manyBouncer manyResult
 	versions    map[string]string
+	stats       statsResult
 	failover    failoverResult
 }
 
@@ -28,8 +29,14 @@ func (r *results) add(target, mode string, m measure) {
 }
 
 func (r *results) med(target, mode string) (tps, lat float64, failed int, note string) {
+	return summarize(r.runs[target+" "+mode])
+}
+
+// summarize gives the median TPS and latency of runs, their failed
+// transactions summed, and the last pgbench failure, if any.
+func summarize(runs []measure) (tps, lat float64, failed int, note string) {
 	var ts, ls []float64
-	for _, m := range r.runs[target+" "+mode] {
+	for _, m := range runs {
 		ts = append(ts, m.tps)
 		ls = append(ls, m.latency)
 		failed += m.failed
@@ -91,6 +98,7 @@ func (r *results) markdown(idleN, manyN int) string {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %s |\n", mode, on, off, cost)
 	}
 	fmt.Fprintf(&b, "\nIn simple mode every query text carries its own literal, so each one is a parse-cache miss: the worst case. In prepared mode the text repeats and classification is a cache hit.\n")
+	b.WriteString(r.stats.markdown())
 	fmt.Fprintf(&b, "\n## Idle clients\n\n| pooler | clients | failed | RSS before KB | RSS after KB | bytes per idle client |\n|---|---|---|---|---|---|\n")
 	for _, x := range []struct {
 		name string

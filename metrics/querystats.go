@@ -3,6 +3,7 @@ package metrics
 import (
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/DataDog/sketches-go/ddsketch"
@@ -64,7 +65,7 @@ type SlowQuery struct {
 // statements (least recently run forgotten first) and the most recent slow
 // queries. It is safe for concurrent use.
 type QueryStats struct {
-	threshold time.Duration
+	threshold atomic.Int64 // time.Duration; the admin console may change it
 	log       *zap.Logger
 	entries   *lru.Cache[string, *queryEntry]
 
@@ -83,11 +84,16 @@ func NewQueryStats(max, slowKeep int, threshold time.Duration, log *zap.Logger) 
 		slowKeep = 200
 	}
 	c, _ := lru.New[string, *queryEntry](max)
-	return &QueryStats{threshold: threshold, log: log, entries: c, slowMax: slowKeep}
+	q := &QueryStats{log: log, entries: c, slowMax: slowKeep}
+	q.threshold.Store(int64(threshold))
+	return q
 }
 
 // Threshold is the slow-query threshold.
-func (q *QueryStats) Threshold() time.Duration { return q.threshold }
+func (q *QueryStats) Threshold() time.Duration { return time.Duration(q.threshold.Load()) }
+
+// SetThreshold changes the slow-query threshold (0: nothing is slow).
+func (q *QueryStats) SetThreshold(d time.Duration) { q.threshold.Store(int64(d)) }
 
 // Observation is one finished statement.
 type Observation struct {
@@ -111,7 +117,8 @@ func (q *QueryStats) Observe(o Observation) (slow bool) {
 			e = prev
 		}
 	}
-	slow = q.threshold > 0 && o.Duration >= q.threshold
+	threshold := q.Threshold()
+	slow = threshold > 0 && o.Duration >= threshold
 	now := time.Now()
 	e.mu.Lock()
 	e.calls++
@@ -196,3 +203,37 @@ func (q *QueryStats) Slow() []SlowQuery {
 
 // Len is the number of fingerprints kept.
 func (q *QueryStats) Len() int { return q.entries.Len() }
+
+// Latency is a quantile sketch of durations (1 % relative error, bounded
+// memory), safe for concurrent use; for the pool wait percentiles.
+type Latency struct {
+	mu     sync.Mutex
+	sketch *ddsketch.DDSketch
+}
+
+// NewLatency returns an empty sketch.
+func NewLatency() *Latency {
+	sk, _ := ddsketch.LogCollapsingLowestDenseDDSketch(sketchAccuracy, sketchBins)
+	return &Latency{sketch: sk}
+}
+
+// Add records one duration.
+func (l *Latency) Add(d time.Duration) {
+	l.mu.Lock()
+	_ = l.sketch.Add(d.Seconds())
+	l.mu.Unlock()
+}
+
+// Quantiles returns the 50th, 95th and 99th percentiles (zero when empty).
+func (l *Latency) Quantiles() (p50, p95, p99 time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.sketch.IsEmpty() {
+		return 0, 0, 0
+	}
+	qs, err := l.sketch.GetValuesAtQuantiles([]float64{0.5, 0.95, 0.99})
+	if err != nil {
+		return 0, 0, 0
+	}
+	return seconds(qs[0]), seconds(qs[1]), seconds(qs[2])
+}

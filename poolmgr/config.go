@@ -29,6 +29,15 @@ type ServiceConfig struct {
 	// Reads is replica (the default: proven reads go to replicas), primary
 	// (never use replicas) or any (the primary competes for reads too).
 	Reads string `yaml:"reads"`
+	// TransactionTimeout ends transactions of this service open longer:
+	// the running statement is cancelled and the transaction fails with
+	// an error naming the limit (enforced by the proxy, for any
+	// PostgreSQL version). 0: no limit.
+	TransactionTimeout time.Duration `yaml:"transaction_timeout"`
+	// IdleInTransactionTimeout disconnects a client of this service that
+	// stays idle inside a transaction longer; its server connection is
+	// rolled back and goes back to the pool. 0: no limit.
+	IdleInTransactionTimeout time.Duration `yaml:"idle_in_transaction_timeout"`
 }
 
 // ServerTLS configures TLS toward PostgreSQL.
@@ -131,6 +140,12 @@ func (c Config) WithDefaults() Config {
 		if svc.Reads != "" {
 			base.Reads = svc.Reads
 		}
+		if svc.TransactionTimeout != 0 {
+			base.TransactionTimeout = svc.TransactionTimeout
+		}
+		if svc.IdleInTransactionTimeout != 0 {
+			base.IdleInTransactionTimeout = svc.IdleInTransactionTimeout
+		}
 		// A smaller max than the default min shrinks the min with it.
 		if svc.MinConnections == 0 && base.MinConnections > base.MaxConnections {
 			base.MinConnections = base.MaxConnections
@@ -189,6 +204,9 @@ func (c Config) Validate() error {
 		}
 		if svc.PoolMode != ModeSession && svc.PoolMode != ModeTransaction {
 			errs = append(errs, fmt.Errorf("services.%s.pool_mode %q: want session or transaction", name, svc.PoolMode))
+		}
+		if svc.TransactionTimeout < 0 || svc.IdleInTransactionTimeout < 0 {
+			errs = append(errs, fmt.Errorf("services.%s: transaction_timeout and idle_in_transaction_timeout must not be negative", name))
 		}
 		switch svc.Reads {
 		case "", "primary", "replica", "any":

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -42,6 +43,8 @@ type Conn struct {
 	params    map[string]string
 	created   time.Time
 	expires   time.Time
+	inUse     atomic.Bool  // acquired by a client
+	released  atomic.Int64 // unix nanoseconds of the last Release
 
 	// State is free for the holder to record what it applied to this
 	// server (the proxy keeps the client settings last replayed here). It is
@@ -83,6 +86,8 @@ func (c *Conn) Release() {
 		return
 	}
 	c.r.Release()
+	c.inUse.Store(false)
+	c.released.Store(time.Now().UnixNano())
 	c.res.Release()
 }
 

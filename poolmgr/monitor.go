@@ -41,7 +41,7 @@ const probeSQL = `SELECT pg_is_in_recovery(),
 // failed check counts toward opening it, and an open breaker fails the
 // check at once.
 func (m *Manager) Probe(ctx context.Context, database, addr string, fresh bool) (Probe, error) {
-	key := Key{Service: "\x00monitor", Database: database, Backend: addr}
+	key := Key{Service: monitorService, Database: database, Backend: addr}
 	m.bmu.Lock()
 	c := m.monitors[key]
 	delete(m.monitors, key)
@@ -98,6 +98,10 @@ func parseProbe(row [][]byte, pr *Probe) error {
 	return nil
 }
 
+// monitorService is the service name of health check connections, which
+// belong to no pool.
+const monitorService = "\x00monitor"
+
 // dialMonitor opens a connection outside any pool, through the breaker.
 func (m *Manager) dialMonitor(ctx context.Context, database, addr string) (*Conn, error) {
 	m.mu.Lock()
@@ -106,7 +110,7 @@ func (m *Manager) dialMonitor(ctx context.Context, database, addr string) (*Conn
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownDatabase, database)
 	}
-	p := &pool{mgr: m, key: Key{Service: "\x00monitor", Database: database, Backend: addr}, db: db}
+	p := &pool{mgr: m, key: Key{Service: monitorService, Database: database, Backend: addr}, db: db}
 	ctx, cancel := context.WithTimeout(ctx, m.settings().ConnectTimeout)
 	defer cancel()
 	c, err := m.dialWithRetry(ctx, addr, func(ctx context.Context) (*Conn, error) { return dial(ctx, p) })

@@ -202,6 +202,7 @@ func (m *Manager) Acquire(ctx context.Context, service, database, backend string
 func (m *Manager) checkout(res *puddle.Resource[*Conn], s Settings) (*Conn, bool) {
 	c := res.Value()
 	c.res = res
+	c.inUse.Store(true)
 	if time.Now().After(c.expires) {
 		res.Destroy()
 		return nil, false

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/wire"
 	"github.com/pgshield/pgshield/poolmgr"
+	"github.com/pgshield/pgshield/router"
 )
 
 // startPumpLocked starts the goroutine that forwards the attached server's
@@ -98,6 +99,7 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			s.pumpFailed(srv, cw, err, true)
 			return false
 		}
+		s.outBytes += int64(wire.HeaderLen + r.Len())
 		switch typ {
 		case 'Z':
 			if s.replaying {
@@ -105,8 +107,10 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 					continue
 				}
 				// Could not run it again: the client gets the error.
-				_, _ = cw.Write(s.takeRetryErr())
-				s.serverError()
+				held := s.takeRetryErr()
+				_, _ = cw.Write(held)
+				s.batchErr = true
+				s.serverError(srv, errorField(held[wire.HeaderLen:], 'C'))
 			}
 			s.respSent, s.descSent = false, false
 			body, err := r.Body()
@@ -115,11 +119,18 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 				return false
 			}
 			status := body[0]
+			if s.ins != nil {
+				// Before the client sees ReadyForQuery, so statistics
+				// read after a statement returns include it.
+				s.queryDone(srv)
+			}
 			if err := forwardTo(r, cw); err != nil {
 				s.pumpFailed(srv, cw, err, false)
 				return false
 			}
 			_ = cw.Flush()
+			s.stats.bytesOut.Add(s.outBytes)
+			s.outBytes = 0
 			if s.readyForQuery(srv, status) {
 				return false
 			}
@@ -157,7 +168,8 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			if s.holdRetryable(frame, code) {
 				continue
 			}
-			if replace := s.serverError(); replace != nil {
+			s.batchErr = true
+			if replace := s.serverError(srv, code); replace != nil {
 				if buf, err := replace.response().Encode(cw.AvailableBuffer()); err == nil {
 					_, _ = cw.Write(buf)
 				}
@@ -190,12 +202,21 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			}
 			s.respSent = true
 			s.commandComplete(body)
+			if s.ins != nil {
+				s.tagged(body)
+			}
+			var done *router.Class
+			var sent time.Time
 			s.mu.Lock()
 			if h := s.queue.peek(); h != nil && h.typ == 'E' {
 				s.succeeded(h.class)
+				done, sent = h.class, h.sent
 				s.queue.pop()
 			}
 			s.mu.Unlock()
+			if !sent.IsZero() {
+				s.stmtDone(done, sent, srv, "")
+			}
 		case 'I', 's':
 			s.popIf('E')
 		case 'S':
@@ -245,25 +266,42 @@ func (s *session) popIf(typ byte) {
 // server now skips every message up to Sync, so their entries go too. It
 // returns the refusal to show instead, when the failing message was one the
 // proxy substituted.
-func (s *session) serverError() *pgError {
+func (s *session) serverError(srv *poolmgr.Conn, code []byte) *pgError {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	h := s.queue.peek()
 	if h == nil {
+		s.mu.Unlock()
 		return nil // an asynchronous error, such as a FATAL before close
 	}
 	replace := h.replaceErr
 	h.replaceErr = nil
+	if replace == nil && s.txExpired && string(code) == codeQueryCanceled {
+		// Cancelled by the proxy for transaction_timeout (limits.go).
+		replace = s.txTimeoutErr()
+	}
 	if h.typ == 'Q' || h.typ == 'F' {
 		s.entryErr = true
+		s.mu.Unlock()
+		if s.ins != nil {
+			s.queryErr = string(code)
+		}
 		return replace // ReadyForQuery pops it
 	}
+	var failed *router.Class
+	var sent time.Time
 	for h := s.queue.peek(); h != nil && h.typ != 'S'; h = s.queue.peek() {
+		if h.typ == 'E' && sent.IsZero() {
+			failed, sent = h.class, h.sent
+		}
 		s.forgetLocked(h, s.server)
 		s.queue.pop()
 	}
 	if s.queue.empty() {
 		s.skipping = true
+	}
+	s.mu.Unlock()
+	if !sent.IsZero() {
+		s.stmtDone(failed, sent, srv, string(code))
 	}
 	return replace
 }
@@ -278,13 +316,7 @@ func (s *session) readyForQuery(srv *poolmgr.Conn, status byte) bool {
 	}
 	s.entryErr = false
 	s.queue.pop()
-	if status == 'I' {
-		if !s.txSince.IsZero() {
-			s.txSince = time.Time{}
-		}
-	} else if s.txSince.IsZero() {
-		s.txSince = time.Now()
-	}
+	s.txBoundaryLocked(status)
 	s.txStatus = status
 	s.idle.Broadcast()
 	s.settleLocked(status, srv)

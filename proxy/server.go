@@ -46,9 +46,21 @@ type Server struct {
 	// endedLookups are the parse cache lookups of sessions that ended.
 	endedLookups uint64
 
-	classifier *router.Classifier // nil when classification is off
-	topo       *router.Topology   // nil: every client goes to the configured primary
-	metrics    *metrics.Metrics   // nil: nothing recorded
+	classifier *router.Classifier  // nil when classification is off
+	topo       *router.Topology    // nil: every client goes to the configured primary
+	metrics    *metrics.Metrics    // nil: nothing recorded
+	queryStats *metrics.QueryStats // nil when statistics are off
+	// waits are the pool wait sketches by pool; ended the counters of
+	// sessions that ended, by service and database (guarded by mu).
+	waits map[poolmgr.Key]*metrics.Latency
+	ended map[[2]string]*Traffic
+
+	pauseMu sync.Mutex
+	paused  map[string]chan struct{} // database ("" all) → closed on RESUME
+	pausing atomic.Int32             // len(paused), read without the lock
+
+	reapOnce sync.Once
+	reapStop chan struct{}
 
 	clients atomic.Int64
 	pinned  atomic.Int64
@@ -57,13 +69,18 @@ type Server struct {
 
 // New validates cfg and returns a Server. pools provides server connections.
 func New(cfg Config, pools Pools, topo *router.Topology, log *zap.Logger) (*Server, error) {
-	s := &Server{log: log, pools: pools, topo: topo, sessions: make(map[uint32]*session), params: make(map[string]map[string]string)}
+	s := &Server{log: log, pools: pools, topo: topo, sessions: make(map[uint32]*session), params: make(map[string]map[string]string),
+		waits: make(map[poolmgr.Key]*metrics.Latency), ended: make(map[[2]string]*Traffic),
+		paused: make(map[string]chan struct{}), reapStop: make(chan struct{})}
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
 	}
 	cfg = s.rt.Load().cfg
 	if !cfg.DisableClassification {
 		s.classifier = router.New(router.Config{ParseCacheSize: cfg.ParseCacheSize})
+	}
+	if !cfg.DisableStats {
+		s.queryStats = metrics.NewQueryStats(cfg.QueryStatsSize, 200, cfg.SlowQueryThreshold, log.Named("slow"))
 	}
 	s.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
 	return s, nil
@@ -108,6 +125,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
+	s.reapOnce.Do(func() { go s.reap(s.reapStop) })
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -230,9 +248,11 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 		srv: s, conn: sc.nc, br: sc.br, r: sc.r,
 		user: userName, database: database, service: service, mode: svc.PoolMode,
 		settings: settings, connectedAt: time.Now(), txStatus: 'I',
+		remote: sc.nc.RemoteAddr().String(), tls: sc.isTLS,
 	}
 	sess.ctx, sess.cancel = context.WithCancel(context.Background())
 	sess.idle.L = &sess.mu
+	sess.ins = s.newInstruments(service, database)
 	if s.topo != nil && svc.PoolMode == poolmgr.ModeTransaction && s.classifier != nil &&
 		svc.Reads != readsPrimary && len(cfg.Databases[database].Replicas) > 0 {
 		sess.routing, sess.reads = true, svc.Reads
@@ -281,7 +301,6 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 		sess.close()
 		return nil, err
 	}
-	sess.log = sess.log.With(zap.Uint32("client", sess.id))
 	sess.log.Debug("client logged in")
 	return sess, nil
 }
@@ -329,6 +348,8 @@ func (s *Server) register(sess *session) error {
 		}
 	}
 	sess.id = s.nextID
+	// Under s.mu: whoever finds the session in s.sessions sees its logger.
+	sess.log = sess.log.With(zap.Uint32("client", sess.id))
 	s.sessions[sess.id] = sess
 	return nil
 }
@@ -341,6 +362,13 @@ func (s *Server) unregister(sess *session) {
 		// Under s.mu, as scrapes sum the live sessions, so the lookup
 		// counter never goes back.
 		s.endedLookups += sess.lookups.Load()
+		k := [2]string{sess.service, sess.database}
+		t := s.ended[k]
+		if t == nil {
+			t = &Traffic{Service: sess.service, Database: sess.database}
+			s.ended[k] = t
+		}
+		t.add(&sess.stats)
 	}
 }
 
@@ -365,6 +393,9 @@ func (s *Server) ClientCount() int { return int(s.clients.Load()) }
 // Clients are told 57P01.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.draining {
+		close(s.reapStop)
+	}
 	s.draining = true
 	for _, ln := range s.listeners {
 		ln.Close()
@@ -391,7 +422,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, sess := range sessions {
-		sess.forceClose()
+		sess.forceClose(fatalf(codeAdminShutdown, "terminating connection: pgshield shutdown timeout reached"))
 	}
 	select {
 	case <-done:

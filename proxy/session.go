@@ -47,6 +47,9 @@ type expected struct {
 	// retry: this Query may be run again if it fails with a serialization
 	// failure or deadlock (see retry.go).
 	retry bool
+	// sent is when a Query, Execute or FunctionCall went to the server,
+	// with statistics on (see insight.go).
+	sent time.Time
 }
 
 // respQueue is a FIFO that reuses its backing array.
@@ -93,6 +96,8 @@ type session struct {
 	settings    map[string]string
 	startupSQL  string // the startup settings as SET statements
 	connectedAt time.Time
+	remote      string // the client's address
+	tls         bool
 
 	// Owned by the client goroutine.
 	conn          net.Conn
@@ -138,6 +143,20 @@ type session struct {
 	// lookups counts the client's classifications (parse cache lookups);
 	// written by the client goroutine, read by metrics scrapes.
 	lookups atomic.Uint64
+	// stats are the client's counters (insight.go); ins its metric
+	// handles, nil when statistics are off.
+	stats sessionStats
+	ins   *instruments
+	// Transaction insight, for SHOW TRANSACTIONS and the transaction
+	// limits (guarded by mu).
+	batchStart   time.Time // first statement sent since the last ReadyForQuery
+	lastReady    time.Time // last ReadyForQuery inside a transaction
+	txStatements int
+	txTables     []string
+	txRows       int64
+	txIsolation  string
+	txExpired    bool          // transaction_timeout passed: statements fail (limits.go)
+	txLimit      time.Duration // the transaction_timeout that passed
 	// idle is signalled at every ReadyForQuery and when the pump fails.
 	idle sync.Cond
 
@@ -163,6 +182,15 @@ type session struct {
 	inTx      []*router.Class
 	txCommit  bool // the last CommandComplete ended a block with COMMIT
 	entryErr  bool // the head Query entry got an ErrorResponse
+	// Statistics of the answers since the last ReadyForQuery (insight.go).
+	queryErr       string // SQLSTATE of the head Query's error
+	stmtRows       int64  // rows of the statement being answered
+	batchWriteRows int64  // rows written by the batch
+	batchErr       bool   // something in the batch failed
+	tagCommit      bool   // the batch ended a block with COMMIT
+	batchClasses   []*router.Class
+	lastDone       time.Time
+	outBytes       int64 // bytes forwarded to the client, not yet counted
 }
 
 // trackedSet is one session-level SET a client ran.
@@ -205,6 +233,7 @@ func (s *session) loop() error {
 			}
 			return err
 		}
+		s.stats.bytesIn.Add(int64(wire.HeaderLen + s.r.Len()))
 		switch typ {
 		case 'X':
 			return errTerminate
@@ -255,6 +284,13 @@ func (s *session) forward(typ byte) error {
 			if body, err = s.r.Body(); err != nil {
 				return err
 			}
+		}
+		class = s.classify(typ, body)
+	} else if typ == 'Q' && s.ins != nil && s.srv.classifier != nil {
+		// Session mode: classified for its fingerprint only.
+		var err error
+		if body, err = s.r.Body(); err != nil {
+			return err
 		}
 		class = s.classify(typ, body)
 	}
@@ -308,10 +344,24 @@ func (s *session) forward(typ byte) error {
 			return err
 		}
 	case answered(typ):
-		if class != nil {
+		if pooled && s.txExpired && s.txStatus == 'T' && (typ == 'Q' || typ == 'E') && (class == nil || !class.Transaction) {
+			// transaction_timeout passed while the client was idle in
+			// its transaction: the statement fails, and so does the
+			// transaction (limits.go).
+			s.refuseExpiredLocked(typ)
+			raw = false
+			break
+		}
+		if class != nil && pooled {
 			s.pinLocked(class.Pins)
 		}
 		e := expected{typ: typ, class: class}
+		if s.ins != nil && (typ == 'Q' || typ == 'E' || typ == 'F') {
+			e.sent = time.Now()
+			if s.batchStart.IsZero() {
+				s.batchStart = e.sent
+			}
+		}
 		if typ == 'Q' && pooled && s.retryableLocked(class) {
 			if frame, err := s.r.Frame(); err == nil {
 				s.retryBuf = append(s.retryBuf[:0], frame...)
@@ -482,9 +532,19 @@ func (s *session) attach(ctx context.Context, backend string, node *router.Node)
 			node.Done()
 		}
 	}()
+	var t0 time.Time
+	if s.ins != nil {
+		t0 = time.Now()
+	}
+	if err := s.srv.waitPaused(ctx, s.database); err != nil {
+		return err
+	}
 	conn, err := s.srv.pools.Acquire(ctx, s.service, s.database, backend)
 	if err != nil {
 		return err
+	}
+	if s.ins != nil {
+		s.waited(time.Since(t0), conn.Backend())
 	}
 	s.mu.Lock()
 	want, wantKey := s.settingsSQL, s.settingsKey
@@ -710,9 +770,7 @@ func (s *session) drain() {
 // kick tells an idle client the proxy is shutting down and closes it; the
 // client goroutine then cleans up.
 func (s *session) kick() {
-	s.stop()
-	_ = s.writeDirect(fatalf(codeAdminShutdown, "terminating connection: pgshield is shutting down").response())
-	_ = s.conn.Close()
+	s.terminate(fatalf(codeAdminShutdown, "terminating connection: pgshield is shutting down"))
 }
 
 // stop cancels what the session waits for (a server from the pool), so a
@@ -724,8 +782,9 @@ func (s *session) stop() {
 }
 
 // forceClose closes the client connection (and wakes the pump) whatever it
-// is doing; used when the shutdown deadline has passed.
-func (s *session) forceClose() {
+// is doing, telling the client msg if nobody else is writing to it; used
+// when the shutdown deadline has passed and by KILL.
+func (s *session) forceClose(msg *pgError) {
 	s.stop()
 	s.mu.Lock()
 	s.closing = true
@@ -736,7 +795,7 @@ func (s *session) forceClose() {
 	s.mu.Unlock()
 	if !pumping {
 		// Nobody else is writing to the client: say why it ends.
-		_ = s.writeDirect(fatalf(codeAdminShutdown, "terminating connection: pgshield shutdown timeout reached").response())
+		_ = s.writeDirect(msg.response())
 	}
 	_ = s.conn.Close()
 }

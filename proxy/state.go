@@ -50,7 +50,7 @@ func (s *session) commandComplete(body []byte) {
 
 // succeeded records a statement that completed, for its effects.
 func (s *session) succeeded(cl *router.Class) {
-	if cl != nil && len(cl.Effects) > 0 {
+	if cl != nil && len(cl.Effects) > 0 && s.mode == poolmgr.ModeTransaction {
 		s.done = append(s.done, cl)
 	}
 }

@@ -1,0 +1,278 @@
+package proxy
+
+import (
+	"bytes"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgshield/pgshield/metrics"
+	"github.com/pgshield/pgshield/poolmgr"
+	"github.com/pgshield/pgshield/router"
+)
+
+// Per-statement statistics.
+//
+// A Query, Execute or FunctionCall records when it was sent (expected.sent)
+// and is timed when its answer completes: a Query at its ReadyForQuery, an
+// Execute at its CommandComplete or ErrorResponse. In a pipeline a
+// statement waits for the one before it, so its time starts at the later
+// of its send and the previous completion. Transactions are timed from the
+// first statement of their first batch to the ReadyForQuery that reports
+// them ended; an autocommit batch (statements and Sync, or a Query, outside
+// a block) counts as one transaction, rolled back if anything in it failed.
+//
+// The counters of SHOW STATS and SHOW CLIENTS are per session (no counter
+// shared by every client on the hot path) and summed when read; the
+// Prometheus handles a session needs are looked up once, at login or when
+// its backend changes. Nothing here allocates per statement.
+
+// sessionStats are one client's counters, written by its goroutines and
+// read by the admin console.
+type sessionStats struct {
+	queries, transactions, commits, rollbacks, errors atomic.Int64
+	bytesIn, bytesOut                                 atomic.Int64
+	queryNanos, txNanos                               atomic.Int64
+}
+
+// Traffic is the totals of a pool (service, database) since start, for
+// SHOW STATS.
+type Traffic struct {
+	Service, Database                         string
+	Queries, Transactions, Commits, Rollbacks int64
+	Errors, BytesIn, BytesOut                 int64
+	QueryTime, TransactionTime                time.Duration
+}
+
+func (t *Traffic) add(st *sessionStats) {
+	t.Queries += st.queries.Load()
+	t.Transactions += st.transactions.Load()
+	t.Commits += st.commits.Load()
+	t.Rollbacks += st.rollbacks.Load()
+	t.Errors += st.errors.Load()
+	t.BytesIn += st.bytesIn.Load()
+	t.BytesOut += st.bytesOut.Load()
+	t.QueryTime += time.Duration(st.queryNanos.Load())
+	t.TransactionTime += time.Duration(st.txNanos.Load())
+}
+
+// instruments are a session's metric handles. The first group is set at
+// login; the rest belongs to whoever runs the pump (query durations) or
+// the client goroutine (pool waits), and follows the attached backend.
+type instruments struct {
+	txDur            prometheus.Observer
+	commit, rollback prometheus.Counter
+	slow             prometheus.Counter
+	wait             prometheus.Observer
+
+	qdBackend   string
+	qd          prometheus.Observer
+	waitBackend string
+	waitSketch  *metrics.Latency
+}
+
+// newInstruments returns the handles of a session of (service, database),
+// or nil when statistics are off.
+func (s *Server) newInstruments(service, database string) *instruments {
+	m := s.metrics
+	if m == nil || s.queryStats == nil {
+		return nil
+	}
+	return &instruments{
+		txDur:    m.TxDuration.WithLabelValues(service, database),
+		commit:   m.Transactions.WithLabelValues(service, database, "commit"),
+		rollback: m.Transactions.WithLabelValues(service, database, "rollback"),
+		slow:     m.SlowQueries.WithLabelValues(service, database),
+		wait:     m.PoolWait.WithLabelValues(service, database),
+	}
+}
+
+// waitLatency returns the pool-wait sketch of a pool, creating it.
+func (s *Server) waitLatency(k poolmgr.Key) *metrics.Latency {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.waits[k]
+	if !ok {
+		l = metrics.NewLatency()
+		s.waits[k] = l
+	}
+	return l
+}
+
+// WaitQuantiles returns the pool wait percentiles of a pool.
+func (s *Server) WaitQuantiles(k poolmgr.Key) (p50, p95, p99 time.Duration) {
+	s.mu.Lock()
+	l := s.waits[k]
+	s.mu.Unlock()
+	if l == nil {
+		return 0, 0, 0
+	}
+	return l.Quantiles()
+}
+
+// QueryStats returns the per-fingerprint statistics (nil when off).
+func (s *Server) QueryStats() *metrics.QueryStats { return s.queryStats }
+
+// waited records how long the client waited for a server of backend.
+func (s *session) waited(d time.Duration, backend string) {
+	in := s.ins
+	in.wait.Observe(d.Seconds())
+	if in.waitBackend != backend {
+		in.waitBackend = backend
+		in.waitSketch = s.srv.waitLatency(poolmgr.Key{Service: s.service, Database: s.database, Backend: backend})
+	}
+	in.waitSketch.Add(d)
+}
+
+// tagged reads a CommandComplete tag (pump side): its row count, and
+// whether it ends a transaction block by committing.
+func (s *session) tagged(tag []byte) {
+	tag = bytes.TrimSuffix(tag, []byte{0})
+	switch {
+	case bytes.HasPrefix(tag, []byte("COMMIT")), bytes.HasPrefix(tag, []byte("PREPARE TRANSACTION")):
+		s.tagCommit = true
+		return
+	case bytes.HasPrefix(tag, []byte("ROLLBACK")):
+		s.tagCommit = false
+		return
+	}
+	i := bytes.LastIndexByte(tag, ' ')
+	if i < 0 {
+		return
+	}
+	var n int64
+	for _, c := range tag[i+1:] {
+		if c < '0' || c > '9' {
+			return
+		}
+		n = n*10 + int64(c-'0')
+	}
+	s.stmtRows += n
+	switch {
+	case bytes.HasPrefix(tag, []byte("INSERT")), bytes.HasPrefix(tag, []byte("UPDATE")),
+		bytes.HasPrefix(tag, []byte("DELETE")), bytes.HasPrefix(tag, []byte("MERGE")),
+		bytes.HasPrefix(tag, []byte("COPY")):
+		s.batchWriteRows += n
+	}
+}
+
+// stmtDone records a finished statement (pump side). code is its SQLSTATE
+// when it failed.
+func (s *session) stmtDone(cl *router.Class, sent time.Time, srv *poolmgr.Conn, code string) {
+	now := time.Now()
+	start := sent
+	if s.lastDone.After(start) {
+		start = s.lastDone
+	}
+	s.lastDone = now
+	d := now.Sub(start)
+	rows := s.stmtRows
+	s.stmtRows = 0
+	s.stats.queries.Add(1)
+	s.stats.queryNanos.Add(int64(d))
+	if cl != nil {
+		s.batchClasses = append(s.batchClasses, cl)
+	}
+	in := s.ins
+	backend := srv.Backend()
+	if in.qdBackend != backend {
+		in.qdBackend = backend
+		in.qd = s.srv.metrics.QueryDuration.WithLabelValues(s.service, s.database, backend)
+	}
+	in.qd.Observe(d.Seconds())
+	qs := s.srv.queryStats
+	var slow bool
+	if cl != nil && cl.Fingerprint != "" {
+		slow = qs.Observe(metrics.Observation{Fingerprint: cl.Fingerprint, Query: cl.Normalized, Duration: d, Rows: rows,
+			ErrorCode: code, Service: s.service, Database: s.database, Backend: backend})
+	} else {
+		th := qs.Threshold()
+		slow = th > 0 && d >= th
+	}
+	if slow {
+		in.slow.Inc()
+	}
+}
+
+// queryDone times the Query at the head of the queue, answered by the
+// ReadyForQuery being handled (pump side).
+func (s *session) queryDone(srv *poolmgr.Conn) {
+	s.mu.Lock()
+	h := s.queue.peek()
+	if h == nil || h.typ != 'Q' {
+		s.mu.Unlock()
+		return
+	}
+	cl, sent, failed := h.class, h.sent, s.entryErr
+	s.mu.Unlock()
+	code := ""
+	if failed {
+		code = s.queryErr
+	}
+	s.stmtDone(cl, sent, srv, code)
+}
+
+// txBoundaryLocked does the transaction bookkeeping of a ReadyForQuery
+// reporting status, before s.txStatus is updated. s.mu must be held.
+func (s *session) txBoundaryLocked(status byte) {
+	prev := s.txStatus
+	var now time.Time
+	if s.ins != nil || status != 'I' {
+		now = time.Now()
+	}
+	if status == 'I' {
+		if s.ins != nil && (prev != 'I' || !s.batchStart.IsZero()) {
+			start, commit := s.txSince, s.tagCommit
+			if prev == 'I' {
+				start, commit = s.batchStart, !s.batchErr
+			}
+			if start.IsZero() {
+				start = now
+			}
+			s.txEndedLocked(now.Sub(start), commit)
+		}
+		s.txSince = time.Time{}
+		s.txStatements, s.txRows, s.txIsolation, s.txExpired = 0, 0, "", false
+		s.txTables = s.txTables[:0]
+	} else {
+		if s.txSince.IsZero() {
+			s.txSince = now
+			if !s.batchStart.IsZero() {
+				s.txSince = s.batchStart
+			}
+		}
+		s.lastReady = now
+		s.txStatements += len(s.batchClasses)
+		s.txRows += s.batchWriteRows
+		for _, cl := range s.batchClasses {
+			for _, t := range cl.Writes {
+				if !slices.Contains(s.txTables, t) {
+					s.txTables = append(s.txTables, t)
+				}
+			}
+			if cl.Isolation != "" {
+				s.txIsolation = cl.Isolation
+			}
+		}
+	}
+	s.batchStart = time.Time{}
+	s.batchErr, s.tagCommit = false, false
+	s.batchWriteRows = 0
+	clear(s.batchClasses)
+	s.batchClasses = s.batchClasses[:0]
+}
+
+func (s *session) txEndedLocked(d time.Duration, commit bool) {
+	s.stats.transactions.Add(1)
+	s.stats.txNanos.Add(int64(d))
+	s.ins.txDur.Observe(d.Seconds())
+	if commit {
+		s.stats.commits.Add(1)
+		s.ins.commit.Inc()
+	} else {
+		s.stats.rollbacks.Add(1)
+		s.ins.rollback.Inc()
+	}
+}

@@ -1,0 +1,264 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgshield/pgshield/internal/wire"
+)
+
+// Transaction limits, enforced by the proxy for any PostgreSQL version.
+//
+// transaction_timeout (per service): once a transaction has been open that
+// long, the statement running in it is cancelled and its error is replaced
+// by one naming the limit (25P04); if none is running, the next statement
+// the client sends in the transaction fails the same way. Either way the
+// transaction is aborted, as PostgreSQL aborts a transaction after an
+// error, and the client can only roll it back; it stays connected.
+//
+// idle_in_transaction_timeout (per service): a client idle inside a
+// transaction that long is told why (FATAL 25P03) and disconnected; its
+// server connection is rolled back and goes back to the pool clean.
+//
+// A reaper goroutine checks every session four times a second, only while
+// some service has a limit.
+
+// SQLSTATEs of the limits (PostgreSQL's own for its settings of the same
+// names) and of a cancelled statement.
+const (
+	codeQueryCanceled      = "57014"
+	codeIdleInTransaction  = "25P03"
+	codeTransactionTimeout = "25P04"
+	reapInterval           = 250 * time.Millisecond
+)
+
+// limits are a service's transaction limits.
+type limits struct{ tx, idle time.Duration }
+
+// reap enforces the limits until stop is closed.
+func (s *Server) reap(stop <-chan struct{}) {
+	t := time.NewTicker(reapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		svcs := s.pools.Config().Services
+		var lim map[string]limits
+		for name, svc := range svcs {
+			if svc.TransactionTimeout > 0 || svc.IdleInTransactionTimeout > 0 {
+				if lim == nil {
+					lim = make(map[string]limits)
+				}
+				lim[name] = limits{tx: svc.TransactionTimeout, idle: svc.IdleInTransactionTimeout}
+			}
+		}
+		if lim == nil {
+			continue
+		}
+		now := time.Now()
+		for _, sess := range s.sessionList() {
+			if l, ok := lim[sess.service]; ok {
+				sess.enforce(now, l)
+			}
+		}
+	}
+}
+
+// enforce applies l to the session's open transaction, if any.
+func (s *session) enforce(now time.Time, l limits) {
+	s.mu.Lock()
+	if s.closing || s.txSince.IsZero() || s.server == nil {
+		s.mu.Unlock()
+		return
+	}
+	idle := s.queue.empty() && !s.writing && s.txStatus != 'I'
+	if l.idle > 0 && idle && now.Sub(s.lastReady) > l.idle {
+		s.closing = true
+		s.mu.Unlock()
+		s.log.Info("disconnecting a client idle in transaction", zap.Duration("idle_in_transaction_timeout", l.idle))
+		s.terminate(fatalf(codeIdleInTransaction,
+			"terminating connection due to idle_in_transaction_timeout: idle in a transaction longer than %s (service %s)", l.idle, s.service))
+		return
+	}
+	if l.tx > 0 && !s.txExpired && now.Sub(s.txSince) > l.tx {
+		s.txExpired, s.txLimit = true, l.tx
+		s.log.Info("transaction_timeout reached", zap.Duration("transaction_timeout", l.tx))
+		if !s.queue.empty() {
+			// Held under the lock, as cancelRunning does, so the server
+			// cannot change hands meanwhile.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := s.server.Cancel(ctx); err != nil {
+				s.log.Warn("cancelling a statement past transaction_timeout", zap.Error(err))
+			}
+			cancel()
+		}
+	}
+	s.mu.Unlock()
+}
+
+// txTimeoutErr is what a statement of a transaction past its limit fails
+// with. s.mu must be held.
+func (s *session) txTimeoutErr() *pgError {
+	e := errorf(codeTransactionTimeout, "canceling statement due to transaction_timeout: the transaction was open longer than %s (service %s)", s.txLimit, s.service)
+	e.hint = "roll the transaction back; keep transactions shorter, or raise transaction_timeout of the service"
+	return e
+}
+
+// refuseExpiredLocked fails the current Query or Execute of a transaction
+// past transaction_timeout, in its place in the stream: the server gets a
+// statement that fails, so its transaction is aborted too.
+func (s *session) refuseExpiredLocked(typ byte) {
+	err := s.txTimeoutErr()
+	if typ == 'Q' {
+		s.wbuf = wire.AppendFrame(s.wbuf, 'Q', []byte(rejectedSQL), nul)
+		s.pushLocked(expected{typ: 'Q', replaceErr: err})
+		return
+	}
+	s.refuseLocked(err)
+}
+
+// terminate tells the client why its session ends and closes it; the
+// client goroutine then cleans up (rolls the server back or closes it).
+func (s *session) terminate(pe *pgError) {
+	s.stop()
+	_ = s.writeDirect(pe.response())
+	_ = s.conn.Close()
+}
+
+// Kill ends a client's session: at once if it is idle (its server, if it
+// holds one, is rolled back and returned), or by closing its server
+// connection if a statement is running (the server is not reused).
+func (s *Server) Kill(id uint32) error {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	if sess == nil {
+		return fmt.Errorf("%w: no client with id %d", ErrNotFound, id)
+	}
+	msg := fatalf(codeAdminShutdown, "terminating connection due to administrator command (KILL on the pgshield admin console)")
+	sess.mu.Lock()
+	idle := sess.server == nil || (sess.queue.empty() && !sess.writing)
+	if idle && sess.server != nil {
+		sess.closing = true
+	}
+	sess.mu.Unlock()
+	sess.log.Info("client killed from the admin console", zap.Bool("idle", idle))
+	if idle {
+		sess.terminate(msg)
+		return nil
+	}
+	sess.forceClose(msg)
+	return nil
+}
+
+// waitPaused holds a client that needs a server while its database is
+// paused, until RESUME or ctx ends.
+func (s *Server) waitPaused(ctx context.Context, database string) error {
+	for s.pausing.Load() > 0 {
+		s.pauseMu.Lock()
+		ch := s.paused[database]
+		if ch == nil {
+			ch = s.paused[""]
+		}
+		s.pauseMu.Unlock()
+		if ch == nil {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Pause holds new transactions of database ("" for all) and waits until
+// the transactions running in it have finished, or ctx ends: then the
+// pause stays, and the error says how many are still open.
+func (s *Server) Pause(ctx context.Context, database string) error {
+	if database != "" {
+		if _, ok := s.pools.Config().Databases[database]; !ok {
+			return fmt.Errorf("%w: database %q is not configured", ErrNotFound, database)
+		}
+	}
+	s.pauseMu.Lock()
+	if _, ok := s.paused[database]; !ok {
+		s.paused[database] = make(chan struct{})
+		s.pausing.Add(1)
+	}
+	s.pauseMu.Unlock()
+	for {
+		open := 0
+		for _, sess := range s.sessionList() {
+			if database != "" && sess.database != database {
+				continue
+			}
+			sess.mu.Lock()
+			if sess.server != nil && (sess.txStatus != 'I' || !sess.queue.empty()) {
+				open++
+			}
+			sess.mu.Unlock()
+		}
+		if open == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: paused, but %d transaction(s) still running; new ones are held until RESUME", ErrStillRunning, open)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Resume releases the clients held by PAUSE of database; "" resumes
+// everything paused.
+func (s *Server) Resume(database string) error {
+	s.pauseMu.Lock()
+	defer s.pauseMu.Unlock()
+	if database == "" {
+		for db, ch := range s.paused {
+			close(ch)
+			delete(s.paused, db)
+			s.pausing.Add(-1)
+		}
+		return nil
+	}
+	ch, ok := s.paused[database]
+	if !ok {
+		if _, all := s.paused[""]; all {
+			return fmt.Errorf("%w: every database is paused; RESUME without a database name resumes them", ErrNotPaused)
+		}
+		return fmt.Errorf("%w: database %q is not paused", ErrNotPaused, database)
+	}
+	close(ch)
+	delete(s.paused, database)
+	s.pausing.Add(-1)
+	return nil
+}
+
+// Paused reports whether database is paused (by name or as part of all).
+func (s *Server) Paused(database string) bool {
+	if s.pausing.Load() == 0 {
+		return false
+	}
+	s.pauseMu.Lock()
+	defer s.pauseMu.Unlock()
+	_, one := s.paused[database]
+	_, all := s.paused[""]
+	return one || all
+}
+
+// Errors of the control operations, for the admin console.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrNotPaused    = errors.New("not paused")
+	ErrStillRunning = errors.New("still running")
+)

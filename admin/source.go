@@ -25,9 +25,9 @@ type Source interface {
 	Pinned() []PinnedRow
 	Alerts() []metrics.Alert
 
+	// Databases lists the configured databases, in name order;
 	// DatabaseQuery runs a read-only statistics query on the primary of
-	// database ("" for every configured database, in name order) and
-	// returns one result per database.
+	// one of them.
 	Databases() []string
 	DatabaseQuery(ctx context.Context, database, sql string) (Result, error)
 
@@ -58,18 +58,18 @@ type PoolRow struct {
 
 // ClientRow is one connected client.
 type ClientRow struct {
-	ID                                   uint32
-	User, Database, Service, Mode        string
-	Remote, ApplicationName              string
-	TLS                                  bool
-	State                                string // idle, active, idle in transaction, waiting
-	Backend                              string // "" when no server is attached
-	ServerPID                            uint32
-	ConnectedAt                          time.Time
-	TxStart                              time.Time // zero outside a transaction
-	Queries, Transactions                int64
-	BytesIn, BytesOut                    int64 // from the client, to the client
-	Pinned                               string // why the client is pinned, "" if not
+	ID                            uint32
+	User, Database, Service, Mode string
+	Remote, ApplicationName       string
+	TLS                           bool
+	State                         string // idle, active, idle in transaction, waiting
+	Backend                       string // "" when no server is attached
+	ServerPID                     uint32
+	ConnectedAt                   time.Time
+	TxStart                       time.Time // zero outside a transaction
+	Queries, Transactions         int64
+	BytesIn, BytesOut             int64  // from the client, to the client
+	Pinned                        string // why the client is pinned, "" if not
 }
 
 // ServerRow is one open server connection.

@@ -70,6 +70,9 @@ func (s *session) replay(srv *poolmgr.Conn) bool {
 	code := string(errorField(s.retryErr[wire.HeaderLen:], 'C'))
 	s.log.Info("running a statement again after a transient failure",
 		zap.String("code", code), zap.Int("attempt", s.retries+1))
+	if m := s.srv.metrics; m != nil {
+		m.Retries.WithLabelValues(s.service, s.database, code).Inc()
+	}
 	// A short, growing, jittered pause lets the transaction that won
 	// finish; the lock is held so the client cannot slip a message in.
 	time.Sleep(time.Duration(s.retries)*5*time.Millisecond + time.Duration(rand.Int64N(int64(5*time.Millisecond))))

@@ -162,6 +162,10 @@ func TestRetryDeadlock(t *testing.T) {
 	if n := testutil.ToFloat64(e.m.QueryErrors.WithLabelValues("api", "app", "40")); n != 2 {
 		t.Errorf("database_query_errors_total{class=\"40\"} = %v, want 2", n)
 	}
+	// Only the autocommit one was run again.
+	if n := testutil.ToFloat64(e.m.Retries.WithLabelValues("api", "app", "40P01")); n != 1 {
+		t.Errorf("pgshield_statement_retries_total{code=\"40P01\"} = %v, want 1", n)
+	}
 	// The session is usable afterwards.
 	var one int
 	if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {

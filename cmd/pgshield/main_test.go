@@ -99,6 +99,7 @@ func writeConfigMetrics(t *testing.T, path, listen, metricsListen string, pg *pg
 	t.Helper()
 	cfg := fmt.Sprintf(`listen: %s
 metrics_listen: %s
+admin_listen: 127.0.0.1:0
 users:
 %s
 databases:

@@ -3,14 +3,19 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgshield/pgshield/internal/pgcluster"
 )
@@ -24,20 +29,35 @@ func TestPrometheusScrape(t *testing.T) {
 		t.Fatal("prometheus is not installed (Debian: apt-get install prometheus; make test and .ci/run install it)")
 	}
 	pg := pgcluster.StartForTest(t, pgcluster.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	replica, err := pg.AddReplica(ctx, pgcluster.ReplicaOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	bin := buildBinary(t)
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "pgshield.yaml")
 	addr, metricsAddr := freeAddr(t), freeAddr(t)
-	writeConfigMetrics(t, cfgPath, addr, metricsAddr, pg, "  - {name: app, password: one}")
-	startServe(t, bin, cfgPath)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	waitFor(t, "the proxy to listen", func() bool { return query(ctx, addr, "app", "one") == nil })
-	for i := 0; i < 10; i++ {
-		if err := query(ctx, addr, "app", "one"); err != nil {
-			t.Fatal(err)
-		}
+	cfg := fmt.Sprintf(`listen: %s
+metrics_listen: %s
+admin_listen: 127.0.0.1:0
+slow_query_threshold: 100ms
+users:
+  - {name: app, password: one}
+databases:
+  app: {primary: %s, replicas: [%s], dbname: postgres, user: %s, password: %s, server_tls: {mode: disable}}
+services:
+  api: {max_connections: 4, min_connections: 1}
+routing: {lag_check_interval: 200ms}
+max_retries: -1
+`, addr, metricsAddr, pg.Addr(), replica.Addr(), pg.User, pg.Password)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
 	}
+	startServe(t, bin, cfgPath)
+	waitFor(t, "the proxy to listen", func() bool { return query(ctx, addr, "app", "one") == nil })
+	statementLoad(ctx, t, addr)
 
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200} {
 		resp, err := http.Get("http://" + metricsAddr + path)
@@ -73,15 +93,25 @@ scrape_configs:
 	})
 
 	want := map[string]string{
-		"database_connections_active":        "gauge",
-		"database_connections_idle":          "gauge",
-		"database_connections_waiting":       "gauge",
-		"database_connections_max":           "gauge",
-		"pgshield_backend_up":                "gauge",
-		"pgshield_breaker_state":             "gauge",
-		"pgshield_pinned_clients":            "gauge",
-		"pgshield_parse_cache_lookups_total": "counter",
-		"pgshield_long_transactions":         "gauge",
+		"database_query_duration_seconds":       "histogram",
+		"database_transaction_duration_seconds": "histogram",
+		"database_query_errors_total":           "counter",
+		"database_slow_queries_total":           "counter",
+		"database_deadlocks_total":              "counter",
+		"database_transactions_total":           "counter",
+		"pgshield_pool_wait_seconds":            "histogram",
+		"pgshield_replica_lag_seconds":          "gauge",
+		"pgshield_replica_lag_bytes":            "gauge",
+		"database_cache_hit_ratio":              "gauge",
+		"database_connections_active":           "gauge",
+		"database_connections_idle":             "gauge",
+		"database_connections_waiting":          "gauge",
+		"database_connections_max":              "gauge",
+		"pgshield_backend_up":                   "gauge",
+		"pgshield_breaker_state":                "gauge",
+		"pgshield_pinned_clients":               "gauge",
+		"pgshield_parse_cache_lookups_total":    "counter",
+		"pgshield_long_transactions":            "gauge",
 	}
 	var got map[string]string
 	deadline := time.Now().Add(60 * time.Second)
@@ -104,6 +134,61 @@ scrape_configs:
 	for name, typ := range want {
 		if got[name] != typ {
 			t.Errorf("%s: type %q in Prometheus, want %q", name, got[name], typ)
+		}
+	}
+}
+
+// statementLoad runs through the proxy at addr what every per-statement
+// metric records: statements, a transaction, a slow query, an error and a
+// deadlock between two transactions.
+func statementLoad(ctx context.Context, t *testing.T, addr string) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	url := fmt.Sprintf("host=%s port=%s user=app password=one dbname=app sslmode=disable", host, port)
+	conn := func() *pgx.Conn {
+		c, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close(context.Background()) })
+		return c
+	}
+	a, b := conn(), conn()
+	for _, sql := range []string{
+		"drop table if exists dl", "create table dl (id int primary key, v int)", "insert into dl values (1, 0), (2, 0)",
+		"begin", "update dl set v = 1 where id = 1", "commit", "select pg_sleep(0.2)",
+	} {
+		if _, err := a.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	if _, err := a.Exec(ctx, "select 1/0"); err == nil {
+		t.Fatal("division by zero succeeded")
+	}
+	// A deadlock: a locks 1 then 2, b locks 2 then 1.
+	for _, c := range []struct {
+		conn *pgx.Conn
+		id   int
+	}{{a, 1}, {b, 2}} {
+		if _, err := c.conn.Exec(ctx, "begin"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.conn.Exec(ctx, "update dl set v = v + 1 where id = $1", c.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make(chan error, 2)
+	go func() { _, err := a.Exec(ctx, "update dl set v = v + 1 where id = 2"); errs <- err }()
+	time.Sleep(200 * time.Millisecond)
+	go func() { _, err := b.Exec(ctx, "update dl set v = v + 1 where id = 1"); errs <- err }()
+	e1, e2 := <-errs, <-errs
+	var pe *pgconn.PgError
+	if !(errors.As(e1, &pe) && pe.Code == "40P01") && !(errors.As(e2, &pe) && pe.Code == "40P01") {
+		t.Fatalf("no deadlock: %v, %v", e1, e2)
+	}
+	for _, c := range []*pgx.Conn{a, b} {
+		if _, err := c.Exec(ctx, "rollback"); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

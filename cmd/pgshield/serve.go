@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"sync"
 	"syscall"
 	"time"
 
@@ -75,11 +76,45 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 		ln.Close()
 		return fmt.Errorf("metrics_listen: %w", err)
 	}
+	aln, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		ln.Close()
+		mln.Close()
+		return fmt.Errorf("admin_listen: %w", err)
+	}
 	pools.Start(ctx)
 	topo.Start(ctx)
 	defer topo.Close()
 	m := metrics.New(proxy.MetricsSource(srv, pools, topo))
 	srv.SetMetrics(m)
+	alerter := metrics.NewAlerter(m, metrics.AlertConfig{}, nil)
+	go alerter.Run(ctx, 15*time.Second)
+
+	// SIGHUP and the console's RELOAD apply the file one at a time.
+	var reloadMu sync.Mutex
+	doReload := func() error {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		next, err := reload()
+		if err == nil {
+			err = applyReload(next, pools, srv)
+		}
+		return err
+	}
+	live := admin.NewLive(srv, pools, topo, alerter, doReload, version,
+		[][2]string{{"admin_listen", aln.Addr().String()}, {"metrics_listen", mln.Addr().String()}})
+	console := admin.NewConsole(srv.AcceptAdmin, live, log.Named("admin"))
+	go func() {
+		if err := console.Serve(aln); err != nil {
+			log.Error("admin listener", zap.Error(err))
+		}
+	}()
+	log.Info("admin console", zap.String("listen", aln.Addr().String()))
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = console.Shutdown(sctx)
+	}()
 	web := admin.NewHTTP(m.Registry, proxy.Ready(topo), log.Named("http"))
 	go func() {
 		if err := web.Serve(mln); err != nil {
@@ -106,11 +141,7 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 	for {
 		select {
 		case <-hup:
-			next, err := reload()
-			if err == nil {
-				err = applyReload(next, pools, srv)
-			}
-			if err != nil {
+			if err := doReload(); err != nil {
 				log.Error("configuration reload refused; the previous configuration stays", zap.Error(err))
 				continue
 			}

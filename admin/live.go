@@ -1,0 +1,454 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgshield/pgshield/metrics"
+	"github.com/pgshield/pgshield/poolmgr"
+	"github.com/pgshield/pgshield/proxy"
+	"github.com/pgshield/pgshield/router"
+)
+
+// Live is the Source of a running pgshield: the proxy, its pool manager
+// and topology, the alert evaluator.
+type Live struct {
+	srv     *proxy.Server
+	pools   *poolmgr.Manager
+	topo    *router.Topology
+	alerter *metrics.Alerter
+	reload  func() error
+	version string
+	extra   [][2]string // settings only the caller knows (listen addresses …)
+}
+
+// NewLive joins the parts of a running pgshield. reload re-reads the
+// configuration file and applies it (RELOAD); extra are settings SHOW
+// CONFIG lists first, such as the admin and metrics listen addresses.
+func NewLive(srv *proxy.Server, pools *poolmgr.Manager, topo *router.Topology, alerter *metrics.Alerter,
+	reload func() error, version string, extra [][2]string) *Live {
+	return &Live{srv: srv, pools: pools, topo: topo, alerter: alerter, reload: reload, version: version, extra: extra}
+}
+
+var _ Source = (*Live)(nil)
+
+// Pools joins the pool manager's pools with the clients of each.
+func (l *Live) Pools() []PoolRow {
+	active, idle := l.srv.ClientsByPool()
+	stats := l.pools.Stats()
+	cfg := l.pools.Config()
+	out := make([]PoolRow, 0, len(stats))
+	for _, st := range stats {
+		row := PoolRow{Service: st.Service, Database: st.Database, Backend: st.Backend, Mode: string(st.Mode),
+			ClientsActive: active[st.Key], ClientsWaiting: st.Waiting,
+			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening, Max: st.Max, Min: st.Min,
+			Acquires: st.Acquires, WaitTimeouts: st.WaitTimeout, Paused: l.srv.Paused(st.Database)}
+		if db, ok := cfg.Databases[st.Database]; ok && db.Primary == st.Backend || l.isPrimary(st.Database, st.Backend) {
+			row.ClientsIdle = idle[poolmgr.Key{Service: st.Service, Database: st.Database}]
+		}
+		row.WaitP50, row.WaitP95, row.WaitP99 = l.srv.WaitQuantiles(st.Key)
+		out = append(out, row)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		if a.Database != b.Database {
+			return a.Database < b.Database
+		}
+		return a.Backend < b.Backend
+	})
+	return out
+}
+
+func (l *Live) isPrimary(database, addr string) bool {
+	p, ok := l.topo.HealthyPrimary(database)
+	return ok && p == addr
+}
+
+// Clients lists the connected clients.
+func (l *Live) Clients() []ClientRow {
+	cs := l.srv.Clients()
+	out := make([]ClientRow, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, ClientRow{ID: c.ID, User: c.User, Database: c.Database, Service: c.Service, Mode: c.Mode,
+			Remote: c.Remote, ApplicationName: c.ApplicationName, TLS: c.TLS, State: c.State, Backend: c.Backend,
+			ServerPID: c.ServerPID, ConnectedAt: c.ConnectedAt, TxStart: c.TxStart, Queries: c.Queries,
+			Transactions: c.Transactions, BytesIn: c.BytesIn, BytesOut: c.BytesOut, Pinned: c.Pins})
+	}
+	return out
+}
+
+// Servers lists the server connections, with the client holding each.
+func (l *Live) Servers() []ServerRow {
+	holder := map[[2]any]uint32{}
+	for _, c := range l.srv.Clients() {
+		if c.Backend != "" {
+			holder[[2]any{c.Backend, c.ServerPID}] = c.ID
+		}
+	}
+	now := time.Now()
+	var out []ServerRow
+	for _, s := range l.pools.Servers() {
+		row := ServerRow{Service: s.Service, Database: s.Database, Backend: s.Backend, PID: s.PID, ConnectedAt: s.Created, State: "idle"}
+		if s.InUse {
+			row.State = "active"
+			row.ClientID = holder[[2]any{s.Backend, s.PID}]
+		} else if !s.IdleSince.IsZero() {
+			row.IdleFor = now.Sub(s.IdleSince)
+		} else {
+			row.IdleFor = now.Sub(s.Created)
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+// Backends reports the topology with each backend's breaker.
+func (l *Live) Backends() []BackendRow {
+	var out []BackendRow
+	for _, n := range l.topo.Status() {
+		out = append(out, BackendRow{Database: n.Database, Backend: n.Addr, Role: string(n.Role), InService: n.IsPrimary,
+			Healthy: n.Healthy, Fenced: n.Fenced, Breaker: string(l.pools.Breaker(n.Addr)), LagBytes: n.LagBytes,
+			LagSeconds: n.ReplayDelay.Seconds(), LastCheck: n.LastCheck, LastError: n.LastError, Clients: n.Outstanding})
+	}
+	return out
+}
+
+// Stats reports each pool's traffic since start.
+func (l *Live) Stats() []StatsRow {
+	ts := l.srv.Traffic()
+	out := make([]StatsRow, 0, len(ts))
+	for _, t := range ts {
+		row := StatsRow{Service: t.Service, Database: t.Database, Queries: t.Queries, Transactions: t.Transactions,
+			Commits: t.Commits, Rollbacks: t.Rollbacks, Errors: t.Errors, BytesIn: t.BytesIn, BytesOut: t.BytesOut,
+			QueryTime: t.QueryTime}
+		if t.Queries > 0 {
+			row.AvgQuery = t.QueryTime / time.Duration(t.Queries)
+		}
+		if t.Transactions > 0 {
+			row.AvgTransaction = t.TransactionTime / time.Duration(t.Transactions)
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+// Config lists the configuration in force, without passwords.
+func (l *Live) Config() [][2]string {
+	pc := l.srv.Settings()
+	mc := l.pools.Config()
+	out := append([][2]string{}, l.extra...)
+	add := func(k string, v any) { out = append(out, [2]string{k, fmt.Sprint(v)}) }
+	add("listen", pc.Listen)
+	add("auth_type", pc.AuthType)
+	add("tls.client", pc.TLS.Client)
+	var users []string
+	for _, u := range pc.Users {
+		n := u.Name
+		if u.Admin {
+			n += " (admin)"
+		}
+		users = append(users, n)
+	}
+	add("users", strings.Join(users, ", "))
+	add("max_client_connections", pc.MaxClientConnections)
+	add("max_message_size", pc.MaxMessageSize)
+	add("client_login_timeout", pc.ClientLoginTimeout)
+	add("shutdown_timeout", pc.ShutdownTimeout)
+	add("max_prepared_statements", pc.MaxPreparedStatements)
+	add("max_retries", pc.MaxRetries)
+	add("long_transaction_threshold", pc.LongTransactionThreshold)
+	add("slow_query_threshold", l.SlowThreshold())
+	add("query_stats_size", pc.QueryStatsSize)
+	add("parse_cache_size", pc.ParseCacheSize)
+	add("disable_classification", pc.DisableClassification)
+	add("disable_stats", pc.DisableStats)
+	add("default_service", mc.DefaultService)
+	add("pool.connect_timeout", mc.Pool.ConnectTimeout)
+	add("pool.idle_timeout", mc.Pool.IdleTimeout)
+	add("pool.max_lifetime", mc.Pool.MaxLifetime)
+	add("pool.health_check_interval", mc.Pool.HealthCheckInterval)
+	add("pool.wait_timeout", mc.Pool.WaitTimeout)
+	add("pool.breaker_failures", mc.Pool.BreakerFailures)
+	add("pool.breaker_timeout", mc.Pool.BreakerTimeout)
+	for _, name := range sortedKeys(mc.Services) {
+		s := mc.Services[name]
+		p := "services." + name + "."
+		add(p+"pool_mode", s.PoolMode)
+		add(p+"max_connections", s.MaxConnections)
+		add(p+"min_connections", s.MinConnections)
+		add(p+"reads", orDefault(s.Reads, "replica"))
+		add(p+"transaction_timeout", s.TransactionTimeout)
+		add(p+"idle_in_transaction_timeout", s.IdleInTransactionTimeout)
+	}
+	for _, name := range sortedKeys(mc.Databases) {
+		d := mc.Databases[name]
+		p := "databases." + name + "."
+		add(p+"primary", d.Primary)
+		add(p+"replicas", strings.Join(d.Replicas, ", "))
+		add(p+"dbname", orDefault(d.DBName, name))
+		add(p+"user", d.User)
+		add(p+"server_tls.mode", d.ServerTLS.Mode)
+	}
+	return out
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Version is the pgshield version.
+func (l *Live) Version() string { return "pgshield " + l.version }
+
+// Queries returns the top statements by total time.
+func (l *Live) Queries(n int) []metrics.QueryStat {
+	if qs := l.srv.QueryStats(); qs != nil {
+		return qs.Top(n)
+	}
+	return nil
+}
+
+// SlowQueries returns the recent slow statements, newest first.
+func (l *Live) SlowQueries() []metrics.SlowQuery {
+	if qs := l.srv.QueryStats(); qs != nil {
+		return qs.Slow()
+	}
+	return nil
+}
+
+// SlowThreshold is the slow-query threshold in force.
+func (l *Live) SlowThreshold() time.Duration {
+	if qs := l.srv.QueryStats(); qs != nil {
+		return qs.Threshold()
+	}
+	return l.srv.Settings().SlowQueryThreshold
+}
+
+// Transactions lists the open transactions.
+func (l *Live) Transactions() []TransactionRow {
+	now := time.Now()
+	var out []TransactionRow
+	for _, t := range l.srv.Transactions() {
+		out = append(out, TransactionRow{ClientID: t.ClientID, User: t.User, Service: t.Service, Database: t.Database,
+			Backend: t.Backend, Started: t.Started, Age: now.Sub(t.Started), State: t.State,
+			Isolation: orDefault(t.Isolation, "default"), Statements: t.Statements, Tables: t.Tables, Rows: t.Rows, Long: t.Long})
+	}
+	return out
+}
+
+// Pinned lists the clients pinned to their server by session state.
+func (l *Live) Pinned() []PinnedRow {
+	var out []PinnedRow
+	for _, c := range l.srv.Clients() {
+		if c.Pins != "" {
+			out = append(out, PinnedRow{ClientID: c.ID, User: c.User, Service: c.Service, Database: c.Database,
+				Backend: c.Backend, ServerPID: c.ServerPID, Reasons: c.Pins})
+		}
+	}
+	return out
+}
+
+// Alerts evaluates the alert conditions now.
+func (l *Live) Alerts() []metrics.Alert {
+	if l.alerter == nil {
+		return nil
+	}
+	return l.alerter.Firing()
+}
+
+// Databases lists the configured databases, by name.
+func (l *Live) Databases() []string { return sortedKeys(l.pools.Config().Databases) }
+
+// Pause holds new transactions of database and waits for the running ones.
+func (l *Live) Pause(ctx context.Context, database string) error {
+	return controlError(l.srv.Pause(ctx, database))
+}
+
+// Resume releases what PAUSE holds.
+func (l *Live) Resume(database string) error { return controlError(l.srv.Resume(database)) }
+
+// Reload re-reads the configuration file.
+func (l *Live) Reload() error {
+	if l.reload == nil {
+		return &Error{Code: CodeObjectNotInPrerequisiteState, Message: "this pgshield has no configuration file to reload"}
+	}
+	if err := l.reload(); err != nil {
+		return &Error{Code: CodeInvalidParameterValue, Message: "configuration reload refused; the previous configuration stays: " + err.Error()}
+	}
+	return nil
+}
+
+// Kill ends a client's session.
+func (l *Live) Kill(id uint32) error { return controlError(l.srv.Kill(id)) }
+
+// Readmit lets a fenced backend serve again.
+func (l *Live) Readmit(database, backend string) error {
+	if err := l.topo.Readmit(database, backend); err != nil {
+		return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
+	}
+	return nil
+}
+
+// controlError gives the proxy's control errors their SQLSTATEs.
+func controlError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, proxy.ErrNotFound):
+		return &Error{Code: CodeUndefinedObject, Message: err.Error()}
+	case errors.Is(err, proxy.ErrNotPaused), errors.Is(err, proxy.ErrStillRunning):
+		return &Error{Code: CodeObjectNotInPrerequisiteState, Message: err.Error()}
+	}
+	return err
+}
+
+// Set changes a setting that is safe to change at run time, until the next
+// RELOAD (which applies the file again).
+func (l *Live) Set(name, value string) error {
+	name = strings.ToLower(strings.TrimSpace(name))
+	bad := func(want string) error {
+		return &Error{Code: CodeInvalidParameterValue, Message: fmt.Sprintf("invalid value %q for %s: want %s", value, name, want)}
+	}
+	dur := func() (time.Duration, error) {
+		d, err := time.ParseDuration(value)
+		if err != nil {
+			if n, nerr := strconv.Atoi(value); nerr == nil {
+				return time.Duration(n) * time.Millisecond, nil // a bare number is milliseconds, as in PostgreSQL
+			}
+			return 0, bad("a duration such as 500ms or 30s")
+		}
+		if d < 0 {
+			return 0, bad("a duration that is not negative")
+		}
+		return d, nil
+	}
+	num := func() (int, error) {
+		n, err := strconv.Atoi(value)
+		if err != nil {
+			return 0, bad("an integer")
+		}
+		return n, nil
+	}
+	pc := l.srv.Settings()
+	applyProxy := func() error {
+		if err := l.srv.Reload(pc); err != nil {
+			return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
+		}
+		return nil
+	}
+	mc := l.pools.Config()
+	applyPools := func() error {
+		if err := mc.Validate(); err != nil {
+			return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
+		}
+		if err := l.pools.Update(mc); err != nil {
+			return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
+		}
+		return nil
+	}
+	var err error
+	switch name {
+	case "slow_query_threshold":
+		if pc.SlowQueryThreshold, err = dur(); err != nil {
+			return err
+		}
+		if qs := l.srv.QueryStats(); qs != nil {
+			qs.SetThreshold(pc.SlowQueryThreshold)
+		}
+		return applyProxy()
+	case "long_transaction_threshold":
+		if pc.LongTransactionThreshold, err = dur(); err != nil {
+			return err
+		}
+		return applyProxy()
+	case "client_login_timeout":
+		if pc.ClientLoginTimeout, err = dur(); err != nil {
+			return err
+		}
+		return applyProxy()
+	case "max_client_connections":
+		if pc.MaxClientConnections, err = num(); err != nil {
+			return err
+		}
+		return applyProxy()
+	case "max_retries":
+		if pc.MaxRetries, err = num(); err != nil {
+			return err
+		}
+		return applyProxy()
+	case "pool.wait_timeout", "wait_timeout":
+		if mc.Pool.WaitTimeout, err = dur(); err != nil {
+			return err
+		}
+		return applyPools()
+	case "pool.idle_timeout", "idle_timeout":
+		if mc.Pool.IdleTimeout, err = dur(); err != nil {
+			return err
+		}
+		return applyPools()
+	}
+	if rest, ok := strings.CutPrefix(name, "services."); ok {
+		svcName, field, ok := strings.Cut(rest, ".")
+		svc, known := mc.Services[svcName]
+		if !ok || !known {
+			return &Error{Code: CodeUndefinedObject, Message: fmt.Sprintf("unknown service in %q", name)}
+		}
+		switch field {
+		case "max_connections":
+			svc.MaxConnections, err = num()
+		case "min_connections":
+			svc.MinConnections, err = num()
+		case "transaction_timeout":
+			svc.TransactionTimeout, err = dur()
+		case "idle_in_transaction_timeout":
+			svc.IdleInTransactionTimeout, err = dur()
+		default:
+			return &Error{Code: CodeInvalidParameterValue, Message: fmt.Sprintf("%s cannot be changed at run time", name),
+				Hint: "services.<name>.max_connections, min_connections, transaction_timeout and idle_in_transaction_timeout can"}
+		}
+		if err != nil {
+			return err
+		}
+		services := make(map[string]poolmgr.ServiceConfig, len(mc.Services))
+		for k, v := range mc.Services {
+			services[k] = v
+		}
+		services[svcName] = svc
+		mc.Services = services
+		return applyPools()
+	}
+	return &Error{Code: CodeInvalidParameterValue, Message: fmt.Sprintf("%s cannot be changed at run time", name),
+		Hint: "SET takes slow_query_threshold, long_transaction_threshold, client_login_timeout, max_client_connections, max_retries, pool.wait_timeout, pool.idle_timeout and services.<name>.{max_connections,min_connections,transaction_timeout,idle_in_transaction_timeout}; everything else needs the configuration file and RELOAD"}
+}
+
+// DatabaseQuery runs a statistics query on the primary of database, on a
+// connection of its own (not a pooled one: the query must not wait for a
+// busy pool, nor leave anything on a server a client gets next).
+func (l *Live) DatabaseQuery(ctx context.Context, database, sql string) (Result, error) {
+	addr, _ := l.topo.HealthyPrimary(database)
+	conn, err := l.pools.Connect(ctx, database, addr)
+	if err != nil {
+		return Result{}, err
+	}
+	defer conn.Close(context.Background())
+	return queryStats(ctx, conn, sql)
+}

@@ -27,42 +27,39 @@ const statementSuffix = "_statement"
 // It returns statement text unchanged; the console's commands go through
 // queryStats, which does not.
 func QueryDatabase(ctx context.Context, conn *pgconn.PgConn, sql string) (Result, error) {
-	results, err := conn.Exec(ctx, sql).ReadAll()
-	if err == nil {
-		for _, r := range results {
-			if r.Err != nil {
-				err = r.Err
-				break
+	// Read result by result: pgconn's ReadAll keeps the columns of a
+	// result only when it has rows, and an empty table still has a header.
+	mrr := conn.Exec(ctx, sql)
+	var out Result
+	var firstErr error
+	for mrr.NextResult() {
+		rr := mrr.ResultReader()
+		fds := rr.FieldDescriptions()
+		var rows [][]any
+		for rr.NextRow() {
+			vals := make([]any, len(rr.Values()))
+			for j, v := range rr.Values() {
+				if v != nil {
+					vals[j] = string(v)
+				}
+			}
+			rows = append(rows, vals)
+		}
+		if _, err := rr.Close(); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		if fds != nil {
+			out = Result{Columns: make([]Column, len(fds)), Rows: rows}
+			for i, fd := range fds {
+				out.Columns[i] = Column{Name: fd.Name, Type: columnType(fd.DataTypeOID)}
 			}
 		}
 	}
-	if err != nil {
-		return Result{}, fmt.Errorf("statistics query: %w", err)
+	if err := mrr.Close(); err != nil && firstErr == nil {
+		firstErr = err
 	}
-	var last *pgconn.Result
-	for _, r := range results {
-		if r.FieldDescriptions != nil {
-			last = r
-		}
-	}
-	if last == nil {
-		return Result{}, nil
-	}
-	out := Result{
-		Columns: make([]Column, len(last.FieldDescriptions)),
-		Rows:    make([][]any, len(last.Rows)),
-	}
-	for i, fd := range last.FieldDescriptions {
-		out.Columns[i] = Column{Name: fd.Name, Type: columnType(fd.DataTypeOID)}
-	}
-	for i, row := range last.Rows {
-		vals := make([]any, len(row))
-		for j, v := range row {
-			if v != nil {
-				vals[j] = string(v)
-			}
-		}
-		out.Rows[i] = vals
+	if firstErr != nil {
+		return Result{}, fmt.Errorf("statistics query: %w", firstErr)
 	}
 	return out, nil
 }

@@ -71,6 +71,14 @@ func TestDBStats(t *testing.T) {
 
 func testDBQueryTypes(t *testing.T, pc *pgconn.PgConn) {
 	ctx := context.Background()
+	// An empty result keeps its columns, so the console prints a header.
+	empty, err := QueryDatabase(ctx, pc, "SELECT 1::int8 AS a, 'x' AS b WHERE false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(empty.Columns) != 2 || empty.Columns[0].Name != "a" || len(empty.Rows) != 0 {
+		t.Errorf("empty result: %+v", empty)
+	}
 	r, err := QueryDatabase(ctx, pc, `SELECT 'ignored' AS first;
 		SELECT 1::int8 AS i8, 2::int4 AS i4, 3::int2 AS i2, 4::oid AS o,
 			1.5::float4 AS f4, 2.5::float8 AS f8, 3.25::numeric AS num,

@@ -59,8 +59,10 @@ func devCmd(args []string) error {
 	if err := primary.CreateDatabase(startCtx, "app", "app"); err != nil {
 		return err
 	}
-	// pgshield connects as app and promotes the replica on failover.
-	if err := primary.Exec(startCtx, "postgres", "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app"); err != nil {
+	// pgshield connects as app, promotes the replica on failover, and
+	// reads every session's statistics for the admin console's SHOW
+	// HEALTH and SHOW LOCKS (pg_monitor).
+	if err := primary.Exec(startCtx, "postgres", "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app; GRANT pg_monitor TO app"); err != nil {
 		return err
 	}
 	certs, err := devcert.Generate(filepath.Join(abs, "certs"))
@@ -85,7 +87,7 @@ func devCmd(args []string) error {
 		host, port := splitAddr(addr)
 		ahost, aport := splitAddr(*adminListen)
 		fmt.Printf("\nDATABASE_URL=postgres://app:app@%s:%s/app\n", host, port)
-		fmt.Printf("admin console: psql -h %s -p %s -U admin pgshield   (password admin; served once the admin console lands)\n", ahost, aport)
+		fmt.Printf("admin console: psql -h %s -p %s -U admin pgshield   (password admin; try SHOW HELP;)\n", ahost, aport)
 		fmt.Printf("metrics: http://%s/metrics   health: /healthz, /readyz\n", *metricsListen)
 		fmt.Printf("config: %s   primary %s, replica %s\n", cfgPath, primary.Addr(), replica.Addr())
 		fmt.Printf("Ctrl-C stops the proxy and both clusters.\n\n")

@@ -17,10 +17,12 @@ run: build
 	./$(BIN)/pgshield dev
 
 ## test: the whole suite against real PostgreSQL, with the race detector,
-## and the shipped alert rules with promtool.
+## and the shipped alert rules with promtool; then the allocation test of
+## the forwarding path, which needs a build without -race.
 test: monitoring-check
 	$(GO) vet $(PKGS)
 	$(GO) test $(TEST_FLAGS) $(PKGS)
+	$(GO) test -count=1 -run 'TestForwardingDoesNotAllocate' ./proxy
 
 ## monitoring-check: promtool check and unit-test the shipped alert rules
 ## (promtool and prometheus come with Debian's prometheus package, installed

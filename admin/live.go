@@ -278,8 +278,14 @@ func (l *Live) Alerts() []metrics.Alert {
 // Databases lists the configured databases, by name.
 func (l *Live) Databases() []string { return sortedKeys(l.pools.Config().Databases) }
 
+// pauseWait bounds how long PAUSE waits for running transactions (the
+// console cannot cancel a command); the pause stays in force after it.
+const pauseWait = 30 * time.Second
+
 // Pause holds new transactions of database and waits for the running ones.
 func (l *Live) Pause(ctx context.Context, database string) error {
+	ctx, cancel := context.WithTimeout(ctx, pauseWait)
+	defer cancel()
 	return controlError(l.srv.Pause(ctx, database))
 }
 
@@ -303,7 +309,7 @@ func (l *Live) Kill(id uint32) error { return controlError(l.srv.Kill(id)) }
 // Readmit lets a fenced backend serve again.
 func (l *Live) Readmit(database, backend string) error {
 	if err := l.topo.Readmit(database, backend); err != nil {
-		return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
+		return &Error{Code: CodeInvalidParameterValue, Message: err.Error(), Hint: "SHOW BACKENDS lists each database's backends"}
 	}
 	return nil
 }
@@ -314,7 +320,7 @@ func controlError(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, proxy.ErrNotFound):
-		return &Error{Code: CodeUndefinedObject, Message: err.Error()}
+		return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
 	case errors.Is(err, proxy.ErrNotPaused), errors.Is(err, proxy.ErrStillRunning):
 		return &Error{Code: CodeObjectNotInPrerequisiteState, Message: err.Error()}
 	}
@@ -410,7 +416,7 @@ func (l *Live) Set(name, value string) error {
 		svcName, field, ok := strings.Cut(rest, ".")
 		svc, known := mc.Services[svcName]
 		if !ok || !known {
-			return &Error{Code: CodeUndefinedObject, Message: fmt.Sprintf("unknown service in %q", name)}
+			return &Error{Code: CodeInvalidParameterValue, Message: fmt.Sprintf("unknown service in %q", name)}
 		}
 		switch field {
 		case "max_connections":

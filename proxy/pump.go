@@ -400,6 +400,11 @@ var errMalformedServer = &pgError{severity: "FATAL", code: codeProtocolViolation
 // in step either way.
 func forwardTo(r *wire.Reader, cw *bufio.Writer) error {
 	_, err := r.WriteTo(cw)
+	if err == nil {
+		return nil
+	}
+	// Only here: the target of errors.As escapes, and this runs for
+	// every message.
 	var re *wire.ReadError
 	if errors.As(err, &re) {
 		return err

@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pgshield/pgshield/proxy"
 )
 
 // Statements are timed and kept by fingerprint with their normalized text;
@@ -120,10 +122,13 @@ func TestOpenTransactions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	txs := e.srv.Transactions()
-	if len(txs) != 1 {
-		t.Fatalf("%d open transactions, want 1", len(txs))
-	}
+	// The client may see the last ReadyForQuery a moment before the proxy
+	// has recorded its statement.
+	var txs []proxy.TxInfo
+	pollFor(t, "the fourth statement recorded", 5*time.Second, func() bool {
+		txs = e.srv.Transactions()
+		return len(txs) == 1 && txs[0].Statements == 4
+	})
 	tx := txs[0]
 	if !slices.Equal(tx.Tables, []string{"tx_a", "tx_b"}) || tx.Rows != 6 || tx.Isolation != "repeatable read" || tx.Statements != 4 || tx.State != "idle in transaction" {
 		t.Errorf("open transaction %+v", tx)

@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,7 @@ var _ Source = (*Live)(nil)
 func (l *Live) Pools() []PoolRow {
 	active, idle := l.srv.ClientsByPool()
 	stats := l.pools.Stats()
+	slices.SortFunc(stats, func(a, b poolmgr.Stat) int { return a.Key.Compare(b.Key) })
 	cfg := l.pools.Config()
 	out := make([]PoolRow, 0, len(stats))
 	for _, st := range stats {
@@ -48,28 +50,24 @@ func (l *Live) Pools() []PoolRow {
 			ClientsActive: active[st.Key], ClientsWaiting: st.Waiting,
 			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening, Max: st.Max, Min: st.Min,
 			Acquires: st.Acquires, WaitTimeouts: st.WaitTimeout, Paused: l.srv.Paused(st.Database)}
-		if db, ok := cfg.Databases[st.Database]; ok && db.Primary == st.Backend || l.isPrimary(st.Database, st.Backend) {
+		// Clients without a server count at the primary's pool, where
+		// their next transaction starts.
+		if st.Backend == l.primaryOf(cfg, st.Database) {
 			row.ClientsIdle = idle[poolmgr.Key{Service: st.Service, Database: st.Database}]
 		}
 		row.WaitP50, row.WaitP95, row.WaitP99 = l.srv.WaitQuantiles(st.Key)
 		out = append(out, row)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Service != b.Service {
-			return a.Service < b.Service
-		}
-		if a.Database != b.Database {
-			return a.Database < b.Database
-		}
-		return a.Backend < b.Backend
-	})
 	return out
 }
 
-func (l *Live) isPrimary(database, addr string) bool {
-	p, ok := l.topo.HealthyPrimary(database)
-	return ok && p == addr
+// primaryOf is the primary in service of database: the healthy one the
+// topology found, else the configured one.
+func (l *Live) primaryOf(cfg poolmgr.Config, database string) string {
+	if p, ok := l.topo.HealthyPrimary(database); ok {
+		return p
+	}
+	return cfg.Databases[database].Primary
 }
 
 // Clients lists the connected clients.
@@ -207,14 +205,7 @@ func orDefault(v, def string) string {
 	return v
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 // Version is the pgshield version.
 func (l *Live) Version() string { return "pgshield " + l.version }

@@ -269,23 +269,9 @@ func (c *Conn) SetParam(name, value string) {
 
 // dial opens and authenticates a server connection for p.
 func dial(ctx context.Context, p *pool) (*Conn, error) {
-	db := p.db
-	host, port, err := net.SplitHostPort(p.key.Backend)
+	cfg, err := serverConfig(p.key.Database, p.db, p.key.Backend)
 	if err != nil {
 		return nil, err
-	}
-	connStr := connString(map[string]string{
-		"host":        host,
-		"port":        port,
-		"dbname":      db.DBName,
-		"user":        db.User,
-		"password":    db.Password,
-		"sslmode":     db.ServerTLS.Mode,
-		"sslrootcert": db.ServerTLS.CAFile,
-	})
-	cfg, err := pgconn.ParseConfig(connStr)
-	if err != nil {
-		return nil, fmt.Errorf("server config for database %q: %w", p.key.Database, err)
 	}
 	cfg.ConnectTimeout = p.mgr.settings().ConnectTimeout
 	var raw *takeoverConn

@@ -62,8 +62,8 @@ func (m *Manager) Connect(ctx context.Context, database, addr string) (*pgconn.P
 	return pc, nil
 }
 
-// serverConfig is the pgconn configuration for backend addr of a database:
-// the same keywords dial renders, through the same connString.
+// serverConfig is the pgconn configuration for backend addr of a
+// database, with its server-side credentials and TLS.
 func serverConfig(database string, db DatabaseConfig, addr string) (*pgconn.Config, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {

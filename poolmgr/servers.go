@@ -1,7 +1,8 @@
 package poolmgr
 
 import (
-	"sort"
+	"cmp"
+	"slices"
 	"time"
 )
 
@@ -38,18 +39,16 @@ func (m *Manager) Servers() []ServerInfo {
 		}
 		b.mu.Unlock()
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Service != b.Service {
-			return a.Service < b.Service
+	slices.SortFunc(out, func(a, b ServerInfo) int {
+		if c := a.Key.Compare(b.Key); c != 0 {
+			return c
 		}
-		if a.Database != b.Database {
-			return a.Database < b.Database
-		}
-		if a.Backend != b.Backend {
-			return a.Backend < b.Backend
-		}
-		return a.PID < b.PID
+		return cmp.Compare(a.PID, b.PID)
 	})
 	return out
+}
+
+// Compare orders keys by service, database, then backend.
+func (k Key) Compare(o Key) int {
+	return cmp.Or(cmp.Compare(k.Service, o.Service), cmp.Compare(k.Database, o.Database), cmp.Compare(k.Backend, o.Backend))
 }

@@ -190,13 +190,9 @@ func (s *Server) adminLogin(ctx context.Context, sc *startupConn, rt *runtime) (
 		return nil, errAdminCancel
 	}
 	params := req.params
-	userName := params["user"]
-	if userName == "" {
-		return nil, fatalf(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet")
-	}
-	database := params["database"]
-	if database == "" {
-		database = userName
+	userName, database, err := identity(params)
+	if err != nil {
+		return nil, err
 	}
 	if database != AdminDatabase {
 		e := fatalf(codeInvalidCatalog, "database %q does not exist", database)

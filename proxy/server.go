@@ -206,16 +206,26 @@ func (s *Server) refuse(sc *startupConn, err error) {
 	_ = sc.send(pe.response())
 }
 
+// identity is the user and database a StartupMessage names; the database
+// defaults to the user, as in PostgreSQL.
+func identity(params map[string]string) (user, database string, err error) {
+	user = params["user"]
+	if user == "" {
+		return "", "", fatalf(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet")
+	}
+	database = params["database"]
+	if database == "" {
+		database = user
+	}
+	return user, database, nil
+}
+
 // login authenticates the client and builds its session.
 func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest, rt *runtime) (*session, error) {
 	params := req.params
-	userName := params["user"]
-	if userName == "" {
-		return nil, fatalf(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet")
-	}
-	database := params["database"]
-	if database == "" {
-		database = userName
+	userName, database, err := identity(params)
+	if err != nil {
+		return nil, err
 	}
 	settings, err := clientSettings(params)
 	if err != nil {

@@ -123,16 +123,7 @@ services:
 		t.Errorf("non-admin: %v %s", err, out)
 	}
 
-	host, port, _ := net.SplitHostPort(addr)
-	url := fmt.Sprintf("host=%s port=%s user=app password=one dbname=app sslmode=disable", host, port)
-	conn := func() *pgx.Conn {
-		c, err := pgx.Connect(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close(context.Background()) })
-		return c
-	}
+	conn := func() *pgx.Conn { return connectApp(ctx, t, addr) }
 	apiStat := func(col string) int {
 		for _, r := range a.table("SHOW STATS") {
 			if r["service"] == "api" {

@@ -114,6 +114,19 @@ shutdown_timeout: 10s
 	}
 }
 
+// connectApp opens a pgx connection to the proxy at addr as app (password
+// one), closed when the test ends.
+func connectApp(ctx context.Context, t *testing.T, addr string) *pgx.Conn {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=app password=one dbname=app sslmode=disable", host, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
 func query(ctx context.Context, addr, user, pw string) error {
 	host, port, _ := net.SplitHostPort(addr)
 	c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=app sslmode=disable", host, port, user, pw))

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -143,16 +142,7 @@ scrape_configs:
 // deadlock between two transactions.
 func statementLoad(ctx context.Context, t *testing.T, addr string) {
 	t.Helper()
-	host, port, _ := net.SplitHostPort(addr)
-	url := fmt.Sprintf("host=%s port=%s user=app password=one dbname=app sslmode=disable", host, port)
-	conn := func() *pgx.Conn {
-		c, err := pgx.Connect(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close(context.Background()) })
-		return c
-	}
+	conn := func() *pgx.Conn { return connectApp(ctx, t, addr) }
 	a, b := conn(), conn()
 	for _, sql := range []string{
 		"drop table if exists dl", "create table dl (id int primary key, v int)", "insert into dl values (1, 0), (2, 0)",

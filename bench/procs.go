@@ -29,12 +29,15 @@ func (p *proc) stop() {
 	}
 	_ = syscall.Kill(p.pid, syscall.SIGINT)
 	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
+	cmd := p.cmd
+	go func() { _ = cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
+		_ = cmd.Process.Kill()
+		<-done
 	}
+	p.cmd = nil // stopped: a second stop does nothing
 }
 
 // rssKB reads the resident set size of the pooler process.
@@ -49,6 +52,31 @@ func (p *proc) rssKB() (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS for pid %d", p.pid)
+}
+
+// cpuTime is the CPU time (user + system) the pooler process has used,
+// from /proc/<pid>/stat in clock ticks of 10 ms (USER_HZ is 100 on Linux).
+func (p *proc) cpuTime() (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces: count fields after it.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unreadable /proc/%d/stat", p.pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", p.pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("unreadable /proc/%d/stat", p.pid)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
 func freePort() (int, error) {

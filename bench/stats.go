@@ -31,12 +31,18 @@ const (
 // statsResult compares pgshield with statistics on (the default) against
 // an instance with disable_stats: true.
 type statsResult struct {
-	duration                  time.Duration
-	rounds                    int
-	on, off                   map[string][]measure // mode → measured runs
-	ratios                    map[string][]float64 // mode → per-round mean on / mean off
-	onTxns                    int                  // transactions pgbench completed through the on instance, warm-up included
-	onCounts, offCounts       map[string]uint64    // histogram → sample count from /metrics after the runs
+	duration time.Duration
+	rounds   int
+	on, off  map[string][]measure // mode → measured runs
+	ratios   map[string][]float64 // mode → per-round mean on / mean off
+	// CPU time the pgshield process spent per pgbench transaction (µs),
+	// per run, and per round the ratio on / off: less sensitive than TPS
+	// to what else the machine runs, since time spent waiting for a core
+	// is not counted.
+	onCPU, offCPU             map[string][]float64
+	cpuRatios                 map[string][]float64
+	onTxns                    int               // transactions pgbench completed through the on instance, warm-up included
+	onCounts, offCounts       map[string]uint64 // histogram → sample count from /metrics after the runs
 	onScrapeErr, offScrapeErr error
 	err                       error // the scenario could not run
 }
@@ -48,7 +54,8 @@ type statsResult struct {
 // instances recorded from their /metrics.
 func statsCost(e *env, bin string, d time.Duration, rounds int) statsResult {
 	res := statsResult{duration: d, rounds: rounds,
-		on: map[string][]measure{}, off: map[string][]measure{}, ratios: map[string][]float64{}}
+		on: map[string][]measure{}, off: map[string][]measure{}, ratios: map[string][]float64{},
+		onCPU: map[string][]float64{}, offCPU: map[string][]float64{}, cpuRatios: map[string][]float64{}}
 	say("statistics on versus disable_stats: true (simple and prepared), %d rounds of on, off, off, on", rounds)
 	on, err := startPgshield(e.dir, "stats-on", bin, e.pg, shieldOptions{})
 	if err != nil {
@@ -71,25 +78,38 @@ func statsCost(e *env, bin string, d time.Duration, rounds int) statsResult {
 	}
 	for r := 0; r < rounds; r++ {
 		for _, mode := range statsModes {
-			var onSum, offSum float64
+			var onSum, offSum, onCPUSum, offCPUSum float64
 			for _, isOn := range []bool{true, false, false, true} {
 				p, name := off, "stats off"
 				if isOn {
 					p, name = on, "stats on"
 				}
+				c0, err0 := p.cpuTime()
 				m := e.pgbenchS(p.port, mode, 50, d)
-				say("round %d %-9s %-9s tps %8.0f  failed %d %s", r+1, mode, name, m.tps, m.failed, m.note)
+				c1, err1 := p.cpuTime()
+				cpu := 0.0
+				if err0 == nil && err1 == nil && m.txns > 0 {
+					cpu = float64((c1 - c0).Microseconds()) / float64(m.txns)
+				}
+				say("round %d %-9s %-9s tps %8.0f  cpu %6.2f µs/tx  failed %d %s", r+1, mode, name, m.tps, cpu, m.failed, m.note)
 				if isOn {
 					res.on[mode] = append(res.on[mode], m)
+					res.onCPU[mode] = append(res.onCPU[mode], cpu)
 					res.onTxns += m.txns
 					onSum += m.tps
+					onCPUSum += cpu
 				} else {
 					res.off[mode] = append(res.off[mode], m)
+					res.offCPU[mode] = append(res.offCPU[mode], cpu)
 					offSum += m.tps
+					offCPUSum += cpu
 				}
 			}
 			if offSum > 0 {
 				res.ratios[mode] = append(res.ratios[mode], onSum/offSum)
+			}
+			if offCPUSum > 0 && onCPUSum > 0 {
+				res.cpuRatios[mode] = append(res.cpuRatios[mode], onCPUSum/offCPUSum)
 			}
 		}
 	}
@@ -184,6 +204,22 @@ func (s statsResult) markdown() string {
 	}
 	for _, n := range notes {
 		fmt.Fprintf(&b, "\n%s\n", n)
+	}
+	b.WriteString("\nCPU time of the pgshield process per pgbench transaction (from /proc, user + system), which time spent waiting for a core on a busy machine does not inflate; the ratio is paired per round like the TPS ratio, and its increase bounds what statistics cost a pgshield that is the bottleneck.\n\n")
+	b.WriteString("| mode | statistics on µs/tx | off µs/tx | on/off | CPU added | per-round on/off, min–max |\n|---|---|---|---|---|---|\n")
+	for _, mode := range statsModes {
+		on, off := s.onCPU[mode], s.offCPU[mode]
+		rs := s.cpuRatios[mode]
+		if len(on) == 0 || len(off) == 0 || len(rs) == 0 {
+			fmt.Fprintf(&b, "| %s | n/a | n/a | n/a | n/a | n/a |\n", mode)
+			continue
+		}
+		lo, hi := rs[0], rs[0]
+		for _, x := range rs {
+			lo, hi = min(lo, x), max(hi, x)
+		}
+		q := median(rs)
+		fmt.Fprintf(&b, "| %s | %.2f | %.2f | %.3f | %.1f %% | %.3f–%.3f |\n", mode, median(on), median(off), q, (q-1)*100, lo, hi)
 	}
 	b.WriteString("\n")
 	b.WriteString(s.recordedMarkdown())

@@ -143,3 +143,39 @@ func TestRequiredMetrics(t *testing.T) {
 }
 
 var metricNameRE = regexp.MustCompile(`\b(?:database|pgshield)_[a-z_]+\b`)
+
+// Handles record into the same entries as Observe, skip nothing, and find
+// an entry again after the LRU evicted it.
+func TestObserveWithHandles(t *testing.T) {
+	q := NewQueryStats(2, 10, time.Second, nil)
+	var h Handles
+	for i := 0; i < 200; i++ {
+		q.ObserveWith(&h, Observation{Fingerprint: "a", Query: "select $1", Duration: time.Millisecond})
+		q.Observe(Observation{Fingerprint: "a", Query: "select $1", Duration: time.Millisecond})
+	}
+	top := q.Top(0)
+	if len(top) != 1 || top[0].Calls != 400 {
+		t.Fatalf("after 200 calls each way: %+v", top)
+	}
+	// b and c push a out of the LRU of two.
+	q.Observe(Observation{Fingerprint: "b", Query: "b", Duration: time.Millisecond})
+	q.Observe(Observation{Fingerprint: "c", Query: "c", Duration: time.Millisecond})
+	q.ObserveWith(&h, Observation{Fingerprint: "a", Query: "select $1", Duration: time.Millisecond})
+	var calls int64 = -1
+	for _, s := range q.Top(0) {
+		if s.Fingerprint == "a" {
+			calls = s.Calls
+		}
+	}
+	if calls != 1 {
+		t.Errorf("a after its eviction: %d calls recorded in the LRU, want 1 (a fresh entry)", calls)
+	}
+	// More statements than slots still record every call.
+	var h2 Handles
+	for i := 0; i < 100; i++ {
+		q.ObserveWith(&h2, Observation{Fingerprint: string(rune('p' + i%6)), Query: "x", Duration: time.Millisecond})
+	}
+	if q.Len() != 2 {
+		t.Errorf("%d entries kept, want the LRU bound 2", q.Len())
+	}
+}

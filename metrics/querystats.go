@@ -47,6 +47,8 @@ type queryEntry struct {
 	max    time.Duration
 	last   time.Time
 	sketch *ddsketch.DDSketch
+	// evicted: the LRU dropped it; handles holding it look it up again.
+	evicted atomic.Bool
 }
 
 // SlowQuery is a statement that ran longer than the threshold.
@@ -83,7 +85,7 @@ func NewQueryStats(max, slowKeep int, threshold time.Duration, log *zap.Logger) 
 	if slowKeep <= 0 {
 		slowKeep = 200
 	}
-	c, _ := lru.New[string, *queryEntry](max)
+	c, _ := lru.NewWithEvict[string, *queryEntry](max, func(_ string, e *queryEntry) { e.evicted.Store(true) })
 	q := &QueryStats{log: log, entries: c, slowMax: slowKeep}
 	q.threshold.Store(int64(threshold))
 	return q
@@ -105,21 +107,72 @@ type Observation struct {
 	Service     string
 	Database    string
 	Backend     string
+	At          time.Time // when it finished; zero: now
 }
 
 // Observe records a finished statement and reports whether it was slow.
 func (q *QueryStats) Observe(o Observation) (slow bool) {
-	e, ok := q.entries.Get(o.Fingerprint)
+	return q.record(q.entry(o.Fingerprint, o.Query), o)
+}
+
+// entry finds or adds the entry of a fingerprint, marking it recently used.
+func (q *QueryStats) entry(fp, query string) *queryEntry {
+	e, ok := q.entries.Get(fp)
 	if !ok {
 		sk, _ := ddsketch.LogCollapsingLowestDenseDDSketch(sketchAccuracy, sketchBins)
-		e = &queryEntry{query: o.Query, sketch: sk}
-		if prev, found, _ := q.entries.PeekOrAdd(o.Fingerprint, e); found {
+		e = &queryEntry{query: query, sketch: sk}
+		if prev, found, _ := q.entries.PeekOrAdd(fp, e); found {
 			e = prev
 		}
 	}
+	return e
+}
+
+// Handles remember the entries of the few statements one caller (a
+// client session) ran last, so that recording them skips the LRU, whose
+// lock every client shares. Every 64th use of a handle goes through the
+// LRU anyway, to keep the statement's place there. Not safe for
+// concurrent use: one per caller.
+type Handles struct {
+	slots [4]handle
+	next  int
+}
+
+type handle struct {
+	fp   string
+	e    *queryEntry
+	uses uint8
+}
+
+// ObserveWith is Observe through the caller's handles.
+func (q *QueryStats) ObserveWith(h *Handles, o Observation) (slow bool) {
+	var hd *handle
+	for i := range h.slots {
+		if s := &h.slots[i]; s.e != nil && s.fp == o.Fingerprint {
+			hd = s
+			break
+		}
+	}
+	if hd == nil {
+		hd = &h.slots[h.next]
+		h.next = (h.next + 1) % len(h.slots)
+		hd.fp, hd.e, hd.uses = o.Fingerprint, nil, 0
+	}
+	if hd.e == nil || hd.e.evicted.Load() || hd.uses%64 == 0 {
+		hd.e = q.entry(o.Fingerprint, o.Query)
+	}
+	hd.uses++
+	return q.record(hd.e, o)
+}
+
+// record adds o to e.
+func (q *QueryStats) record(e *queryEntry, o Observation) (slow bool) {
 	threshold := q.Threshold()
 	slow = threshold > 0 && o.Duration >= threshold
-	now := time.Now()
+	now := o.At
+	if now.IsZero() {
+		now = time.Now()
+	}
 	e.mu.Lock()
 	e.calls++
 	e.rows += o.Rows

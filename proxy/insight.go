@@ -69,8 +69,12 @@ type instruments struct {
 
 	qdBackend   string
 	qd          prometheus.Observer
+	handles     metrics.Handles // the statements the pump recorded last
 	waitBackend string
 	waitSketch  *metrics.Latency
+	// attached is when the client goroutine last got a server (client
+	// goroutine): the send time of the message it got it for.
+	attached time.Time
 }
 
 // newInstruments returns the handles of a session of (service, database),
@@ -118,6 +122,7 @@ func (s *Server) QueryStats() *metrics.QueryStats { return s.queryStats }
 // waited records how long the client waited for a server of backend.
 func (s *session) waited(d time.Duration, backend string) {
 	in := s.ins
+	in.attached = in.attached.Add(d)
 	in.wait.Observe(d.Seconds())
 	if in.waitBackend != backend {
 		in.waitBackend = backend
@@ -185,8 +190,8 @@ func (s *session) stmtDone(cl *router.Class, sent time.Time, srv *poolmgr.Conn, 
 	qs := s.srv.queryStats
 	var slow bool
 	if cl != nil && cl.Fingerprint != "" {
-		slow = qs.Observe(metrics.Observation{Fingerprint: cl.Fingerprint, Query: cl.Normalized, Duration: d, Rows: rows,
-			ErrorCode: code, Service: s.service, Database: s.database, Backend: backend})
+		slow = qs.ObserveWith(&in.handles, metrics.Observation{Fingerprint: cl.Fingerprint, Query: cl.Normalized, Duration: d, Rows: rows,
+			ErrorCode: code, Service: s.service, Database: s.database, Backend: backend, At: now})
 	} else {
 		th := qs.Threshold()
 		slow = th > 0 && d >= th
@@ -219,7 +224,12 @@ func (s *session) queryDone(srv *poolmgr.Conn) {
 func (s *session) txBoundaryLocked(status byte) {
 	prev := s.txStatus
 	var now time.Time
-	if s.ins != nil || status != 'I' {
+	switch {
+	case s.ins != nil && !s.batchStart.IsZero() && !s.lastDone.Before(s.batchStart):
+		// The batch's last statement has just been timed: that clock
+		// read serves here too.
+		now = s.lastDone
+	case s.ins != nil || status != 'I':
 		now = time.Now()
 	}
 	if status == 'I' {

@@ -174,6 +174,12 @@ func (s *Server) waitPaused(ctx context.Context, database string) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				// A login held past client_login_timeout.
+				e := fatalf(codeCannotConnectNow, "database %q is paused by an administrator", database)
+				e.hint = "PAUSE on the pgshield admin console holds new transactions until RESUME"
+				return e
+			}
 			return ctx.Err()
 		}
 	}

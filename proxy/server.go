@@ -102,6 +102,9 @@ func (s *Server) Reload(cfg Config) error {
 		s.log.Warn("listen address changes take effect on restart", zap.String("listen", old.cfg.Listen))
 	}
 	s.rt.Store(rt)
+	if s.queryStats != nil {
+		s.queryStats.SetThreshold(cfg.SlowQueryThreshold)
+	}
 	return nil
 }
 

@@ -368,10 +368,7 @@ func (l *Live) Set(name, value string) error {
 		if pc.SlowQueryThreshold, err = dur(); err != nil {
 			return err
 		}
-		if qs := l.srv.QueryStats(); qs != nil {
-			qs.SetThreshold(pc.SlowQueryThreshold)
-		}
-		return applyProxy()
+		return applyProxy() // Reload passes it on to the query statistics
 	case "long_transaction_threshold":
 		if pc.LongTransactionThreshold, err = dur(); err != nil {
 			return err

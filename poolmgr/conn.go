@@ -53,6 +53,9 @@ type Conn struct {
 	// Ext is free for the holder to keep per-server state that lives as
 	// long as the connection (the proxy keeps the statements prepared here).
 	Ext any
+	// Waited is how long the Acquire that returned it waited (zero when
+	// an idle connection was there).
+	Waited time.Duration
 }
 
 // Reader returns the framed reader of server messages.

@@ -165,12 +165,15 @@ func (m *Manager) Acquire(ctx context.Context, service, database, backend string
 		return nil, err
 	}
 	s := m.settings()
-	// Fast path: an idle connection, without arming a wait timer.
+	// Fast path: an idle connection, without arming a wait timer (nor
+	// reading the clock).
 	if res, err := p.p.TryAcquire(ctx); err == nil {
 		if c, ok := m.checkout(res, s); ok {
+			c.Waited = 0
 			return c, nil
 		}
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.WaitTimeout)
 	defer cancel()
 	p.waiting.Add(1)
@@ -192,6 +195,7 @@ func (m *Manager) Acquire(ctx context.Context, service, database, backend string
 			return nil, err
 		}
 		if c, ok := m.checkout(res, s); ok {
+			c.Waited = time.Since(start)
 			return c, nil
 		}
 	}

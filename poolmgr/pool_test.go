@@ -227,3 +227,37 @@ func TestUpdateResizes(t *testing.T) {
 		t.Fatal("invalid configuration accepted")
 	}
 }
+
+// Acquire says how long it waited: nothing for an idle connection, at
+// least as long as the holder kept the only one otherwise.
+func TestAcquireReportsWait(t *testing.T) {
+	m := newManager(t, testConfig(1, 0, Settings{WaitTimeout: 5 * time.Second}))
+	ctx := context.Background()
+	c, err := m.Acquire(ctx, "svc", "db", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release()
+	if c, err = m.Acquire(ctx, "svc", "db", ""); err != nil {
+		t.Fatal(err)
+	}
+	if c.Waited != 0 {
+		t.Errorf("an idle connection was there, yet Waited = %s", c.Waited)
+	}
+	const held = 200 * time.Millisecond
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(held)
+		c.Release()
+		close(released)
+	}()
+	w, err := m.Acquire(ctx, "svc", "db", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-released
+	defer w.Release()
+	if w.Waited < held/2 {
+		t.Errorf("waited for a connection held %s, yet Waited = %s", held, w.Waited)
+	}
+}

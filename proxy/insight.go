@@ -72,9 +72,6 @@ type instruments struct {
 	handles     metrics.Handles // the statements the pump recorded last
 	waitBackend string
 	waitSketch  *metrics.Latency
-	// attached is when the client goroutine last got a server (client
-	// goroutine): the send time of the message it got it for.
-	attached time.Time
 }
 
 // newInstruments returns the handles of a session of (service, database),
@@ -122,7 +119,6 @@ func (s *Server) QueryStats() *metrics.QueryStats { return s.queryStats }
 // waited records how long the client waited for a server of backend.
 func (s *session) waited(d time.Duration, backend string) {
 	in := s.ins
-	in.attached = in.attached.Add(d)
 	in.wait.Observe(d.Seconds())
 	if in.waitBackend != backend {
 		in.waitBackend = backend
@@ -135,13 +131,25 @@ func (s *session) waited(d time.Duration, backend string) {
 // whether it ends a transaction block by committing.
 func (s *session) tagged(tag []byte) {
 	tag = bytes.TrimSuffix(tag, []byte{0})
-	switch {
-	case bytes.HasPrefix(tag, []byte("COMMIT")), bytes.HasPrefix(tag, []byte("PREPARE TRANSACTION")):
-		s.tagCommit = true
+	if len(tag) == 0 {
 		return
-	case bytes.HasPrefix(tag, []byte("ROLLBACK")):
-		s.tagCommit = false
-		return
+	}
+	switch tag[0] {
+	case 'C':
+		if bytes.HasPrefix(tag, []byte("COMMIT")) {
+			s.tagCommit = true
+			return
+		}
+	case 'P':
+		if bytes.HasPrefix(tag, []byte("PREPARE TRANSACTION")) {
+			s.tagCommit = true
+			return
+		}
+	case 'R':
+		if bytes.HasPrefix(tag, []byte("ROLLBACK")) {
+			s.tagCommit = false
+			return
+		}
 	}
 	i := bytes.LastIndexByte(tag, ' ')
 	if i < 0 {
@@ -155,11 +163,13 @@ func (s *session) tagged(tag []byte) {
 		n = n*10 + int64(c-'0')
 	}
 	s.stmtRows += n
-	switch {
-	case bytes.HasPrefix(tag, []byte("INSERT")), bytes.HasPrefix(tag, []byte("UPDATE")),
-		bytes.HasPrefix(tag, []byte("DELETE")), bytes.HasPrefix(tag, []byte("MERGE")),
-		bytes.HasPrefix(tag, []byte("COPY")):
-		s.batchWriteRows += n
+	switch tag[0] {
+	case 'I', 'U', 'D', 'M', 'C': // INSERT, UPDATE, DELETE, MERGE, COPY
+		if bytes.HasPrefix(tag, []byte("INSERT")) || bytes.HasPrefix(tag, []byte("UPDATE")) ||
+			bytes.HasPrefix(tag, []byte("DELETE")) || bytes.HasPrefix(tag, []byte("MERGE")) ||
+			bytes.HasPrefix(tag, []byte("COPY")) {
+			s.batchWriteRows += n
+		}
 	}
 }
 

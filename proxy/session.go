@@ -277,7 +277,6 @@ func (s *session) forward(typ byte) error {
 	pooled := s.mode == poolmgr.ModeTransaction
 	var body []byte
 	var class *router.Class
-	var attachedAt time.Time // when a server was attached for this message
 	if pooled {
 		switch typ {
 		case 'Q', 'P', 'B', 'D', 'C', 'E':
@@ -326,9 +325,6 @@ func (s *session) forward(typ byte) error {
 		if err := s.attachRouted(node); err != nil {
 			return s.attachFailed(typ, err)
 		}
-		if s.ins != nil {
-			attachedAt = s.ins.attached
-		}
 		s.mu.Lock()
 	}
 	if s.routing {
@@ -361,11 +357,7 @@ func (s *session) forward(typ byte) error {
 		}
 		e := expected{typ: typ, class: class}
 		if s.ins != nil && (typ == 'Q' || typ == 'E' || typ == 'F') {
-			// A server just attached for this very message: its clock
-			// read serves.
-			if e.sent = attachedAt; e.sent.IsZero() {
-				e.sent = time.Now()
-			}
+			e.sent = time.Now()
 			if s.batchStart.IsZero() {
 				s.batchStart = e.sent
 			}
@@ -540,9 +532,6 @@ func (s *session) attach(ctx context.Context, backend string, node *router.Node)
 			node.Done()
 		}
 	}()
-	if s.ins != nil {
-		s.ins.attached = time.Now()
-	}
 	if err := s.srv.waitPaused(ctx, s.database); err != nil {
 		return err
 	}
@@ -551,7 +540,7 @@ func (s *session) attach(ctx context.Context, backend string, node *router.Node)
 		return err
 	}
 	if s.ins != nil {
-		s.waited(time.Since(s.ins.attached), conn.Backend())
+		s.waited(conn.Waited, conn.Backend())
 	}
 	s.mu.Lock()
 	want, wantKey := s.settingsSQL, s.settingsKey

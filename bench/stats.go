@@ -39,8 +39,12 @@ type statsResult struct {
 	// per run, and per round the ratio on / off: less sensitive than TPS
 	// to what else the machine runs, since time spent waiting for a core
 	// is not counted.
-	onCPU, offCPU             map[string][]float64
-	cpuRatios                 map[string][]float64
+	onCPU, offCPU map[string][]float64
+	cpuRatios     map[string][]float64
+	// Side by side: both instances loaded at the same time, 25 clients
+	// each, so that whatever else the machine does weighs on both at
+	// once; per round the ratio of their TPS.
+	sideRatios                map[string][]float64
 	onTxns                    int               // transactions pgbench completed through the on instance, warm-up included
 	onCounts, offCounts       map[string]uint64 // histogram → sample count from /metrics after the runs
 	onScrapeErr, offScrapeErr error
@@ -55,7 +59,8 @@ type statsResult struct {
 func statsCost(e *env, bin string, d time.Duration, rounds int) statsResult {
 	res := statsResult{duration: d, rounds: rounds,
 		on: map[string][]measure{}, off: map[string][]measure{}, ratios: map[string][]float64{},
-		onCPU: map[string][]float64{}, offCPU: map[string][]float64{}, cpuRatios: map[string][]float64{}}
+		onCPU: map[string][]float64{}, offCPU: map[string][]float64{}, cpuRatios: map[string][]float64{},
+		sideRatios: map[string][]float64{}}
 	say("statistics on versus disable_stats: true (simple and prepared), %d rounds of on, off, off, on", rounds)
 	on, err := startPgshield(e.dir, "stats-on", bin, e.pg, shieldOptions{})
 	if err != nil {
@@ -110,6 +115,20 @@ func statsCost(e *env, bin string, d time.Duration, rounds int) statsResult {
 			}
 			if offCPUSum > 0 && onCPUSum > 0 {
 				res.cpuRatios[mode] = append(res.cpuRatios[mode], onCPUSum/offCPUSum)
+			}
+		}
+	}
+	for r := 0; r < rounds; r++ {
+		for _, mode := range statsModes {
+			var offM measure
+			done := make(chan struct{})
+			go func() { offM = e.pgbenchS(off.port, mode, 25, d); close(done) }()
+			onM := e.pgbenchS(on.port, mode, 25, d)
+			<-done
+			res.onTxns += onM.txns
+			say("round %d %-9s side by side: stats on tps %8.0f, off %8.0f", r+1, mode, onM.tps, offM.tps)
+			if offM.tps > 0 && onM.failed == 0 && offM.failed == 0 {
+				res.sideRatios[mode] = append(res.sideRatios[mode], onM.tps/offM.tps)
 			}
 		}
 	}
@@ -204,6 +223,25 @@ func (s statsResult) markdown() string {
 	}
 	for _, n := range notes {
 		fmt.Fprintf(&b, "\n%s\n", n)
+	}
+	fmt.Fprintf(&b, "\nSide by side: both instances under load at the same time, `pgbench -S -c 25 -j 2 -T %d` against each, %d round(s). Whatever else the machine runs then weighs on both at once, and they compete for the same cores, so the ratio of their TPS in a round is the ratio of what a transaction costs each; on/off is the median over the rounds.\n\n", int(s.duration.Seconds()), s.rounds)
+	b.WriteString("| mode | on/off | drop | per-round on/off, min–max | goal |\n|---|---|---|---|---|\n")
+	for _, mode := range statsModes {
+		rs := s.sideRatios[mode]
+		if len(rs) == 0 {
+			fmt.Fprintf(&b, "| %s | n/a | n/a | n/a | n/a |\n", mode)
+			continue
+		}
+		q := median(rs)
+		lo, hi := rs[0], rs[0]
+		for _, x := range rs {
+			lo, hi = min(lo, x), max(hi, x)
+		}
+		goal := "met"
+		if (1-q)*100 > statsGoal {
+			goal = "missed"
+		}
+		fmt.Fprintf(&b, "| %s | %.3f | %.1f %% | %.3f–%.3f | %s |\n", mode, q, (1-q)*100, lo, hi, goal)
 	}
 	b.WriteString("\nCPU time of the pgshield process per pgbench transaction (from /proc, user + system), which time spent waiting for a core on a busy machine does not inflate; the ratio is paired per round like the TPS ratio, and its increase bounds what statistics cost a pgshield that is the bottleneck.\n\n")
 	b.WriteString("| mode | statistics on µs/tx | off µs/tx | on/off | CPU added | per-round on/off, min–max |\n|---|---|---|---|---|---|\n")

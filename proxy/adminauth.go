@@ -199,11 +199,8 @@ func (s *Server) adminLogin(ctx context.Context, sc *startupConn, rt *runtime) (
 		e.hint = "the admin console's database is " + AdminDatabase + ": psql -U <admin user> " + AdminDatabase
 		return nil, e
 	}
-	u, ok := rt.users[userName]
-	if !ok {
-		return nil, fatalf(codeInvalidAuthSpec, "role %q is not a pgshield user", userName)
-	}
-	if err := sc.authenticate(u, rt.cfg.AuthType); err != nil {
+	u, err := sc.login(rt, userName)
+	if err != nil {
 		return nil, err
 	}
 	if !u.Admin {

@@ -223,6 +223,18 @@ func identity(params map[string]string) (user, database string, err error) {
 	return user, database, nil
 }
 
+// login looks the user up and runs the configured authentication.
+func (c *startupConn) login(rt *runtime, userName string) (*user, error) {
+	u, ok := rt.users[userName]
+	if !ok {
+		return nil, fatalf(codeInvalidAuthSpec, "role %q is not a pgshield user", userName)
+	}
+	if err := c.authenticate(u, rt.cfg.AuthType); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
 // login authenticates the client and builds its session.
 func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest, rt *runtime) (*session, error) {
 	params := req.params
@@ -234,11 +246,8 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 	if err != nil {
 		return nil, err
 	}
-	u, ok := rt.users[userName]
-	if !ok {
-		return nil, fatalf(codeInvalidAuthSpec, "role %q is not a pgshield user", userName)
-	}
-	if err := sc.authenticate(u, rt.cfg.AuthType); err != nil {
+	u, err := sc.login(rt, userName)
+	if err != nil {
 		return nil, err
 	}
 	cfg := s.pools.Config()

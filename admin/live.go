@@ -354,10 +354,7 @@ func (l *Live) Set(name, value string) error {
 	}
 	mc := l.pools.Config()
 	applyPools := func() error {
-		if err := mc.Validate(); err != nil {
-			return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
-		}
-		if err := l.pools.Update(mc); err != nil {
+		if err := l.pools.Update(mc); err != nil { // Update validates
 			return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
 		}
 		return nil

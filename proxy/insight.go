@@ -127,29 +127,11 @@ func (s *session) waited(d time.Duration, backend string) {
 	in.waitSketch.Add(d)
 }
 
-// tagged reads a CommandComplete tag (pump side): its row count, and
-// whether it ends a transaction block by committing.
+// tagged reads the row count of a CommandComplete tag (pump side).
 func (s *session) tagged(tag []byte) {
 	tag = bytes.TrimSuffix(tag, []byte{0})
 	if len(tag) == 0 {
 		return
-	}
-	switch tag[0] {
-	case 'C':
-		if bytes.HasPrefix(tag, []byte("COMMIT")) {
-			s.tagCommit = true
-			return
-		}
-	case 'P':
-		if bytes.HasPrefix(tag, []byte("PREPARE TRANSACTION")) {
-			s.tagCommit = true
-			return
-		}
-	case 'R':
-		if bytes.HasPrefix(tag, []byte("ROLLBACK")) {
-			s.tagCommit = false
-			return
-		}
 	}
 	i := bytes.LastIndexByte(tag, ' ')
 	if i < 0 {
@@ -244,7 +226,7 @@ func (s *session) txBoundaryLocked(status byte) {
 	}
 	if status == 'I' {
 		if s.ins != nil && (prev != 'I' || !s.batchStart.IsZero()) {
-			start, commit := s.txSince, s.tagCommit
+			start, commit := s.txSince, s.txCommit
 			if prev == 'I' {
 				start, commit = s.batchStart, !s.batchErr
 			}
@@ -278,7 +260,7 @@ func (s *session) txBoundaryLocked(status byte) {
 		}
 	}
 	s.batchStart = time.Time{}
-	s.batchErr, s.tagCommit = false, false
+	s.batchErr = false
 	s.batchWriteRows = 0
 	clear(s.batchClasses)
 	s.batchClasses = s.batchClasses[:0]

@@ -180,14 +180,13 @@ type session struct {
 	skipDesc  bool   // the Query run again will describe its rows again: drop that
 	done      []*router.Class
 	inTx      []*router.Class
-	txCommit  bool // the last CommandComplete ended a block with COMMIT
+	txCommit  bool // the last tag that ended a block was COMMIT (state.go)
 	entryErr  bool // the head Query entry got an ErrorResponse
 	// Statistics of the answers since the last ReadyForQuery (insight.go).
 	queryErr       string // SQLSTATE of the head Query's error
 	stmtRows       int64  // rows of the statement being answered
 	batchWriteRows int64  // rows written by the batch
 	batchErr       bool   // something in the batch failed
-	tagCommit      bool   // the batch ended a block with COMMIT
 	batchClasses   []*router.Class
 	lastDone       time.Time
 	outBytes       int64 // bytes forwarded to the client, not yet counted

@@ -41,10 +41,27 @@ func (s *session) unpinLocked(p router.Pin) {
 	}
 }
 
-// commandComplete notes the tag that may end a transaction block.
-func (s *session) commandComplete(body []byte) {
-	if len(s.inTx) > 0 {
-		s.txCommit = bytes.HasPrefix(body, []byte("COMMIT"))
+// commandComplete notes a tag that ends a transaction block: COMMIT and
+// PREPARE TRANSACTION keep what the block did to session state (as
+// PostgreSQL keeps its settings), ROLLBACK does not. Other tags leave it.
+// The session's effects and the transaction statistics both read it.
+func (s *session) commandComplete(tag []byte) {
+	if len(tag) == 0 {
+		return
+	}
+	switch tag[0] {
+	case 'C':
+		if bytes.HasPrefix(tag, []byte("COMMIT")) {
+			s.txCommit = true
+		}
+	case 'P':
+		if bytes.HasPrefix(tag, []byte("PREPARE TRANSACTION")) {
+			s.txCommit = true
+		}
+	case 'R':
+		if bytes.HasPrefix(tag, []byte("ROLLBACK")) {
+			s.txCommit = false
+		}
 	}
 }
 

@@ -208,8 +208,8 @@ func TestAlertQueryLatency(t *testing.T) {
 	a, m, _, clk := newTestAlerter(t)
 	// 100 fast queries on one backend: nothing to report.
 	for i := 0; i < 100; i++ {
-		m.QueryDuration.WithLabelValues("api", "leads", "pg1:5432").Observe(0.001)
-		m.QueryDuration.WithLabelValues("analytics", "leads", "pg2:5432").Observe(0.001)
+		m.QueryDuration.Local("api", "leads", "pg1:5432").Observe(seconds(0.001))
+		m.QueryDuration.Local("analytics", "leads", "pg2:5432").Observe(seconds(0.001))
 	}
 	clk.advance(time.Minute)
 	if alerts := a.Firing(); countAlerts(alerts, AlertQueryLatencyP95High)+countAlerts(alerts, AlertQueryLatencyP99High) != 0 {
@@ -219,7 +219,7 @@ func TestAlertQueryLatency(t *testing.T) {
 	// service and database, so 110 queries, p99 rank 108.9 lands in the
 	// 1–2.5 s bucket: 1 + 1.5 × 8.9/10 s; p95 (rank 104.5): 1 + 1.5 × 4.5/10.
 	for i := 0; i < 10; i++ {
-		m.QueryDuration.WithLabelValues("api", "leads", "pg2:5432").Observe(2)
+		m.QueryDuration.Local("api", "leads", "pg2:5432").Observe(seconds(2))
 	}
 	clk.advance(time.Minute)
 	alerts := a.Firing()
@@ -232,7 +232,7 @@ func TestAlertQueryLatency(t *testing.T) {
 	// Six minutes of fast queries later the slow ones are out of the 5 m
 	// window.
 	for i := 0; i < 6; i++ {
-		m.QueryDuration.WithLabelValues("api", "leads", "pg1:5432").Observe(0.001)
+		m.QueryDuration.Local("api", "leads", "pg1:5432").Observe(seconds(0.001))
 		clk.advance(time.Minute)
 		a.Sample()
 	}
@@ -244,8 +244,8 @@ func TestAlertQueryLatency(t *testing.T) {
 func TestAlertSlowQueries(t *testing.T) {
 	a, m, _, clk := newTestAlerter(t)
 	for i := 0; i < 5; i++ {
-		m.SlowQueries.WithLabelValues("api", "leads").Add(10)
-		m.SlowQueries.WithLabelValues("analytics", "leads").Add(1)
+		m.SlowQueries.Local("api", "leads").Add(10)
+		m.SlowQueries.Local("analytics", "leads").Add(1)
 		clk.advance(time.Minute)
 		a.Sample()
 	}
@@ -258,10 +258,10 @@ func TestAlertSlowQueries(t *testing.T) {
 
 func TestAlertRollbackRatio(t *testing.T) {
 	a, m, _, clk := newTestAlerter(t)
-	m.Transactions.WithLabelValues("api", "leads", "commit").Add(8)
-	m.Transactions.WithLabelValues("api", "leads", "rollback").Add(2)
-	m.Transactions.WithLabelValues("analytics", "leads", "commit").Add(10)
-	m.Transactions.WithLabelValues("analytics", "leads", "rollback")
+	m.Transactions.Local("api", "leads", "commit").Add(8)
+	m.Transactions.Local("api", "leads", "rollback").Add(2)
+	m.Transactions.Local("analytics", "leads", "commit").Add(10)
+	m.Transactions.Local("analytics", "leads", "rollback")
 	clk.advance(time.Minute)
 	alerts := a.Firing()
 	expectAlert(t, alerts, AlertRollbackRateHigh, "api/leads", SeverityWarning, 0.2, 0.1)
@@ -429,7 +429,7 @@ func TestAlertConcurrentUse(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 50; i++ {
-				m.QueryDuration.WithLabelValues("api", "leads", "pg1:5432").Observe(0.002)
+				m.QueryDuration.Local("api", "leads", "pg1:5432").Observe(seconds(0.002))
 				clk.advance(time.Second)
 				if al := findAlert(a.Firing(), AlertBreakerOpen, "pg1:5432"); al == nil {
 					t.Error("breaker alert missing")

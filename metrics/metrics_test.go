@@ -94,13 +94,13 @@ func (fakeSource) Databases() []DatabaseSample {
 // with its type once it has a sample.
 func TestRequiredMetrics(t *testing.T) {
 	m := New(fakeSource{})
-	m.QueryDuration.WithLabelValues("api", "app", "b").Observe(0.01)
+	m.QueryDuration.Local("api", "app", "b").Observe(seconds(0.01))
 	m.QueryErrors.WithLabelValues("api", "app", ErrorClass("40P01")).Inc()
-	m.TxDuration.WithLabelValues("api", "app").Observe(0.02)
-	m.SlowQueries.WithLabelValues("api", "app").Inc()
+	m.TxDuration.Local("api", "app").Observe(seconds(0.02))
+	m.SlowQueries.Local("api", "app").Inc()
 	m.Deadlocks.WithLabelValues("api", "app").Inc()
-	m.PoolWait.WithLabelValues("api", "app").Observe(0.001)
-	m.Transactions.WithLabelValues("api", "app", "commit").Inc()
+	m.PoolWait.Local("api", "app").Observe(seconds(0.001))
+	m.Transactions.Local("api", "app", "commit").Inc()
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

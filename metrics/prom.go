@@ -52,46 +52,40 @@ type Source interface {
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	QueryDuration *prometheus.HistogramVec // service, database, backend
-	QueryErrors   *prometheus.CounterVec   // service, database, class (SQLSTATE class)
-	TxDuration    *prometheus.HistogramVec // service, database
-	SlowQueries   *prometheus.CounterVec   // service, database
-	Deadlocks     *prometheus.CounterVec   // service, database
-	PoolWait      *prometheus.HistogramVec // service, database
-	Retries       *prometheus.CounterVec   // service, database, code
-	Transactions  *prometheus.CounterVec   // service, database, outcome (commit, rollback)
-}
+	// Written by every statement or transaction: kept per session.
+	QueryDuration *Histograms // service, database, backend
+	TxDuration    *Histograms // service, database
+	PoolWait      *Histograms // service, database
+	SlowQueries   *Counters   // service, database
+	Transactions  *Counters   // service, database, outcome (commit, rollback)
 
-// latencyBuckets span 0.5 ms to 10 s.
-var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	// Written on errors only.
+	QueryErrors *prometheus.CounterVec // service, database, class (SQLSTATE class)
+	Deadlocks   *prometheus.CounterVec // service, database
+	Retries     *prometheus.CounterVec // service, database, code
+}
 
 // New registers every collector; src provides the gauges (nil: none).
 func New(src Source) *Metrics {
 	m := &Metrics{Registry: prometheus.NewRegistry()}
-	m.QueryDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "database_query_duration_seconds", Help: "Time from a statement reaching the server to its completion, as seen by pgshield.",
-		Buckets: latencyBuckets}, []string{"service", "database", "backend"})
+	m.QueryDuration = newFamily[Histogram]("database_query_duration_seconds",
+		"Time from a statement reaching the server to its completion, as seen by pgshield.", "service", "database", "backend")
 	m.QueryErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "database_query_errors_total", Help: "Statements that failed, by SQLSTATE class (first two characters)."},
 		[]string{"service", "database", "class"})
-	m.TxDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "database_transaction_duration_seconds", Help: "Duration of transactions (explicit blocks and autocommit statements).",
-		Buckets: latencyBuckets}, []string{"service", "database"})
-	m.SlowQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "database_slow_queries_total", Help: "Statements that ran longer than the slow-query threshold."},
-		[]string{"service", "database"})
+	m.TxDuration = newFamily[Histogram]("database_transaction_duration_seconds",
+		"Duration of transactions (explicit blocks and autocommit statements).", "service", "database")
+	m.SlowQueries = newFamily[Counter]("database_slow_queries_total",
+		"Statements that ran longer than the slow-query threshold.", "service", "database")
 	m.Deadlocks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "database_deadlocks_total", Help: "Statements that failed with deadlock_detected (40P01)."},
 		[]string{"service", "database"})
-	m.PoolWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "pgshield_pool_wait_seconds", Help: "Time clients waited for a server connection.",
-		Buckets: latencyBuckets}, []string{"service", "database"})
+	m.PoolWait = newFamily[Histogram]("pgshield_pool_wait_seconds", "Time clients waited for a server connection.", "service", "database")
 	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgshield_statement_retries_total", Help: "Statements run again after a serialization failure or deadlock."},
 		[]string{"service", "database", "code"})
-	m.Transactions = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "database_transactions_total", Help: "Transactions ended, by outcome: commit, or rollback (explicit or by error)."},
-		[]string{"service", "database", "outcome"})
+	m.Transactions = newFamily[Counter]("database_transactions_total",
+		"Transactions ended, by outcome: commit, or rollback (explicit or by error).", "service", "database", "outcome")
 	m.Registry.MustRegister(m.QueryDuration, m.QueryErrors, m.TxDuration, m.SlowQueries, m.Deadlocks, m.PoolWait, m.Retries, m.Transactions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src != nil {

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -36,9 +37,18 @@ type QueryStat struct {
 	LastSeen      time.Time
 }
 
+// queryEntry is one statement's statistics, split into stripes so that
+// clients running the same statement at once mostly lock and write
+// different cache lines; reading adds the stripes up.
 type queryEntry struct {
+	query   string
+	stripes []entryStripe
+	// evicted: the LRU dropped it; handles holding it look it up again.
+	evicted atomic.Bool
+}
+
+type entryStripe struct {
 	mu     sync.Mutex
-	query  string
 	calls  int64
 	rows   int64
 	errors int64
@@ -46,9 +56,8 @@ type queryEntry struct {
 	total  time.Duration
 	max    time.Duration
 	last   time.Time
-	sketch *ddsketch.DDSketch
-	// evicted: the LRU dropped it; handles holding it look it up again.
-	evicted atomic.Bool
+	sketch *ddsketch.DDSketch // nil until the stripe's first call
+	_      [40]byte           // 128 bytes: a stripe does not share a cache line
 }
 
 // SlowQuery is a statement that ran longer than the threshold.
@@ -68,6 +77,7 @@ type SlowQuery struct {
 // queries. It is safe for concurrent use.
 type QueryStats struct {
 	threshold atomic.Int64 // time.Duration; the admin console may change it
+	stripes   int          // per entry
 	log       *zap.Logger
 	entries   *lru.Cache[string, *queryEntry]
 
@@ -86,7 +96,7 @@ func NewQueryStats(max, slowKeep int, threshold time.Duration, log *zap.Logger) 
 		slowKeep = 200
 	}
 	c, _ := lru.NewWithEvict[string, *queryEntry](max, func(_ string, e *queryEntry) { e.evicted.Store(true) })
-	q := &QueryStats{log: log, entries: c, slowMax: slowKeep}
+	q := &QueryStats{log: log, entries: c, slowMax: slowKeep, stripes: stripeCount()}
 	q.threshold.Store(int64(threshold))
 	return q
 }
@@ -110,17 +120,20 @@ type Observation struct {
 	At          time.Time // when it finished; zero: now
 }
 
+// stripeCount is how many stripes a shared statistic has: as many as
+// goroutines can run at once, from 2 to 8.
+func stripeCount() int { return min(max(runtime.GOMAXPROCS(0), 2), 8) }
+
 // Observe records a finished statement and reports whether it was slow.
 func (q *QueryStats) Observe(o Observation) (slow bool) {
-	return q.record(q.entry(o.Fingerprint, o.Query), o)
+	return q.record(q.entry(o.Fingerprint, o.Query), 0, o)
 }
 
 // entry finds or adds the entry of a fingerprint, marking it recently used.
 func (q *QueryStats) entry(fp, query string) *queryEntry {
 	e, ok := q.entries.Get(fp)
 	if !ok {
-		sk, _ := ddsketch.LogCollapsingLowestDenseDDSketch(sketchAccuracy, sketchBins)
-		e = &queryEntry{query: query, sketch: sk}
+		e = &queryEntry{query: query, stripes: make([]entryStripe, q.stripes)}
 		if prev, found, _ := q.entries.PeekOrAdd(fp, e); found {
 			e = prev
 		}
@@ -134,8 +147,11 @@ func (q *QueryStats) entry(fp, query string) *queryEntry {
 // LRU anyway, to keep the statement's place there. Not safe for
 // concurrent use: one per caller.
 type Handles struct {
-	slots [4]handle
-	next  int
+	// Stripe picks the part of the shared statistics this caller writes
+	// (any number: callers with different ones rarely meet).
+	Stripe int
+	slots  [4]handle
+	next   int
 }
 
 type handle struct {
@@ -162,33 +178,35 @@ func (q *QueryStats) ObserveWith(h *Handles, o Observation) (slow bool) {
 		hd.e = q.entry(o.Fingerprint, o.Query)
 	}
 	hd.uses++
-	return q.record(hd.e, o)
+	return q.record(hd.e, h.Stripe, o)
 }
 
-// record adds o to e.
-func (q *QueryStats) record(e *queryEntry, o Observation) (slow bool) {
+// record adds o to a stripe of e.
+func (q *QueryStats) record(e *queryEntry, stripe int, o Observation) (slow bool) {
 	threshold := q.Threshold()
 	slow = threshold > 0 && o.Duration >= threshold
 	now := o.At
 	if now.IsZero() {
 		now = time.Now()
 	}
-	e.mu.Lock()
-	e.calls++
-	e.rows += o.Rows
+	st := &e.stripes[uint(stripe)%uint(len(e.stripes))]
+	st.mu.Lock()
+	st.calls++
+	st.rows += o.Rows
 	if o.ErrorCode != "" {
-		e.errors++
+		st.errors++
 	}
 	if slow {
-		e.slow++
+		st.slow++
 	}
-	e.total += o.Duration
-	if o.Duration > e.max {
-		e.max = o.Duration
+	st.total += o.Duration
+	st.max = max(st.max, o.Duration)
+	st.last = now
+	if st.sketch == nil {
+		st.sketch = newSketch()
 	}
-	e.last = now
-	_ = e.sketch.Add(o.Duration.Seconds())
-	e.mu.Unlock()
+	_ = st.sketch.Add(o.Duration.Seconds())
+	st.mu.Unlock()
 	if slow {
 		sq := SlowQuery{At: now, Fingerprint: o.Fingerprint, Query: o.Query, Duration: o.Duration,
 			Service: o.Service, Database: o.Database, Backend: o.Backend, Error: o.ErrorCode}
@@ -228,17 +246,59 @@ func (q *QueryStats) Top(n int) []QueryStat {
 }
 
 func (e *queryEntry) stat(fp string) QueryStat {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	s := QueryStat{Fingerprint: fp, Query: e.query, Calls: e.calls, Rows: e.rows, Errors: e.errors, Slow: e.slow,
-		Total: e.total, Max: e.max, LastSeen: e.last}
-	if e.calls > 0 {
-		s.Mean = e.total / time.Duration(e.calls)
+	s := QueryStat{Fingerprint: fp, Query: e.query}
+	var sk *ddsketch.DDSketch
+	for i := range e.stripes {
+		st := &e.stripes[i]
+		st.mu.Lock()
+		s.Calls += st.calls
+		s.Rows += st.rows
+		s.Errors += st.errors
+		s.Slow += st.slow
+		s.Total += st.total
+		s.Max = max(s.Max, st.max)
+		if st.last.After(s.LastSeen) {
+			s.LastSeen = st.last
+		}
+		sk = mergeSketch(sk, st.sketch)
+		st.mu.Unlock()
 	}
-	if qs, err := e.sketch.GetValuesAtQuantiles([]float64{0.5, 0.95, 0.99}); err == nil {
-		s.P50, s.P95, s.P99 = seconds(qs[0]), seconds(qs[1]), seconds(qs[2])
+	if s.Calls > 0 {
+		s.Mean = s.Total / time.Duration(s.Calls)
 	}
+	s.P50, s.P95, s.P99 = quantiles(sk)
 	return s
+}
+
+func newSketch() *ddsketch.DDSketch {
+	sk, _ := ddsketch.LogCollapsingLowestDenseDDSketch(sketchAccuracy, sketchBins)
+	return sk
+}
+
+// mergeSketch adds from (nil: nothing) to into (nil: a new sketch), and
+// returns into. from's lock must be held.
+func mergeSketch(into, from *ddsketch.DDSketch) *ddsketch.DDSketch {
+	if from == nil {
+		return into
+	}
+	if into == nil {
+		return from.Copy()
+	}
+	_ = into.MergeWith(from)
+	return into
+}
+
+// quantiles are the 50th, 95th and 99th percentiles of sk (zero when
+// empty or nil).
+func quantiles(sk *ddsketch.DDSketch) (p50, p95, p99 time.Duration) {
+	if sk == nil || sk.IsEmpty() {
+		return 0, 0, 0
+	}
+	qs, err := sk.GetValuesAtQuantiles([]float64{0.5, 0.95, 0.99})
+	if err != nil {
+		return 0, 0, 0
+	}
+	return seconds(qs[0]), seconds(qs[1]), seconds(qs[2])
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
@@ -258,35 +318,42 @@ func (q *QueryStats) Slow() []SlowQuery {
 func (q *QueryStats) Len() int { return q.entries.Len() }
 
 // Latency is a quantile sketch of durations (1 % relative error, bounded
-// memory), safe for concurrent use; for the pool wait percentiles.
+// memory), safe for concurrent use; for the pool wait percentiles. Like a
+// statement's statistics it is striped: writers name their stripe.
 type Latency struct {
+	stripes []latencyStripe
+}
+
+type latencyStripe struct {
 	mu     sync.Mutex
-	sketch *ddsketch.DDSketch
+	sketch *ddsketch.DDSketch // nil until the first Add
+	_      [48]byte           // a stripe does not share a cache line
 }
 
 // NewLatency returns an empty sketch.
 func NewLatency() *Latency {
-	sk, _ := ddsketch.LogCollapsingLowestDenseDDSketch(sketchAccuracy, sketchBins)
-	return &Latency{sketch: sk}
+	return &Latency{stripes: make([]latencyStripe, stripeCount())}
 }
 
-// Add records one duration.
-func (l *Latency) Add(d time.Duration) {
-	l.mu.Lock()
-	_ = l.sketch.Add(d.Seconds())
-	l.mu.Unlock()
+// Add records one duration in a stripe (any number).
+func (l *Latency) Add(stripe int, d time.Duration) {
+	st := &l.stripes[uint(stripe)%uint(len(l.stripes))]
+	st.mu.Lock()
+	if st.sketch == nil {
+		st.sketch = newSketch()
+	}
+	_ = st.sketch.Add(d.Seconds())
+	st.mu.Unlock()
 }
 
 // Quantiles returns the 50th, 95th and 99th percentiles (zero when empty).
 func (l *Latency) Quantiles() (p50, p95, p99 time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.sketch.IsEmpty() {
-		return 0, 0, 0
+	var sk *ddsketch.DDSketch
+	for i := range l.stripes {
+		st := &l.stripes[i]
+		st.mu.Lock()
+		sk = mergeSketch(sk, st.sketch)
+		st.mu.Unlock()
 	}
-	qs, err := l.sketch.GetValuesAtQuantiles([]float64{0.5, 0.95, 0.99})
-	if err != nil {
-		return 0, 0, 0
-	}
-	return seconds(qs[0]), seconds(qs[1]), seconds(qs[2])
+	return quantiles(sk)
 }

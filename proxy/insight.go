@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/pgshield/pgshield/metrics"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/router"
@@ -24,10 +22,12 @@ import (
 // them ended; an autocommit batch (statements and Sync, or a Query, outside
 // a block) counts as one transaction, rolled back if anything in it failed.
 //
-// The counters of SHOW STATS and SHOW CLIENTS are per session (no counter
-// shared by every client on the hot path) and summed when read; the
-// Prometheus handles a session needs are looked up once, at login or when
-// its backend changes. Nothing here allocates per statement.
+// Nothing a statement or transaction writes is shared with other clients:
+// the counters of SHOW STATS and SHOW CLIENTS and the series of the
+// Prometheus histograms and counters are per session and summed when read
+// (ended sessions fold into totals), and the per-fingerprint statistics
+// and pool-wait sketches are striped, each session writing its own stripe.
+// Nothing here allocates per statement.
 
 // sessionStats are one client's counters, written by its goroutines and
 // read by the admin console.
@@ -58,23 +58,28 @@ func (t *Traffic) add(st *sessionStats) {
 	t.TransactionTime += time.Duration(st.txNanos.Load())
 }
 
-// instruments are a session's metric handles. The first group is set at
-// login; the rest belongs to whoever runs the pump (query durations) or
-// the client goroutine (pool waits), and follows the attached backend.
+// instruments are a session's metric series (kept per session and summed
+// at scrape, see metrics.Histograms). The first group is set at login; the
+// rest belongs to whoever runs the pump (query durations) or the client
+// goroutine (pool waits), and follows the attached backend.
 type instruments struct {
-	txDur            prometheus.Observer
-	commit, rollback prometheus.Counter
-	slow             prometheus.Counter
-	wait             prometheus.Observer
+	txDur            *metrics.Histogram
+	commit, rollback *metrics.Counter
+	slow             *metrics.Counter
+	wait             *metrics.Histogram
 
-	qdBackend   string
-	qd          prometheus.Observer
+	qd          []backendSeries // query durations, by backend
 	handles     metrics.Handles // the statements the pump recorded last
 	waitBackend string
 	waitSketch  *metrics.Latency
 }
 
-// newInstruments returns the handles of a session of (service, database),
+type backendSeries struct {
+	backend string
+	h       *metrics.Histogram
+}
+
+// newInstruments returns the series of a session of (service, database),
 // or nil when statistics are off.
 func (s *Server) newInstruments(service, database string) *instruments {
 	m := s.metrics
@@ -82,12 +87,43 @@ func (s *Server) newInstruments(service, database string) *instruments {
 		return nil
 	}
 	return &instruments{
-		txDur:    m.TxDuration.WithLabelValues(service, database),
-		commit:   m.Transactions.WithLabelValues(service, database, "commit"),
-		rollback: m.Transactions.WithLabelValues(service, database, "rollback"),
-		slow:     m.SlowQueries.WithLabelValues(service, database),
-		wait:     m.PoolWait.WithLabelValues(service, database),
+		txDur:    m.TxDuration.Local(service, database),
+		commit:   m.Transactions.Local(service, database, "commit"),
+		rollback: m.Transactions.Local(service, database, "rollback"),
+		slow:     m.SlowQueries.Local(service, database),
+		wait:     m.PoolWait.Local(service, database),
 	}
+}
+
+// releaseInstruments folds a session's series into the totals; the
+// session records nothing more.
+func (s *Server) releaseInstruments(in *instruments) {
+	if in == nil {
+		return
+	}
+	m := s.metrics
+	m.TxDuration.Release(in.txDur)
+	m.Transactions.Release(in.commit)
+	m.Transactions.Release(in.rollback)
+	m.SlowQueries.Release(in.slow)
+	m.PoolWait.Release(in.wait)
+	for _, q := range in.qd {
+		m.QueryDuration.Release(q.h)
+	}
+}
+
+// queryDuration returns the session's query-duration series of backend
+// (pump side).
+func (s *session) queryDuration(backend string) *metrics.Histogram {
+	in := s.ins
+	for _, q := range in.qd {
+		if q.backend == backend {
+			return q.h
+		}
+	}
+	h := s.srv.metrics.QueryDuration.Local(s.service, s.database, backend)
+	in.qd = append(in.qd, backendSeries{backend, h})
+	return h
 }
 
 // waitLatency returns the pool-wait sketch of a pool, creating it.
@@ -119,12 +155,12 @@ func (s *Server) QueryStats() *metrics.QueryStats { return s.queryStats }
 // waited records how long the client waited for a server of backend.
 func (s *session) waited(d time.Duration, backend string) {
 	in := s.ins
-	in.wait.Observe(d.Seconds())
+	in.wait.Observe(d)
 	if in.waitBackend != backend {
 		in.waitBackend = backend
 		in.waitSketch = s.srv.waitLatency(poolmgr.Key{Service: s.service, Database: s.database, Backend: backend})
 	}
-	in.waitSketch.Add(d)
+	in.waitSketch.Add(in.handles.Stripe, d)
 }
 
 // tagged reads the row count of a CommandComplete tag (pump side).
@@ -174,11 +210,7 @@ func (s *session) stmtDone(cl *router.Class, sent time.Time, srv *poolmgr.Conn, 
 	}
 	in := s.ins
 	backend := srv.Backend()
-	if in.qdBackend != backend {
-		in.qdBackend = backend
-		in.qd = s.srv.metrics.QueryDuration.WithLabelValues(s.service, s.database, backend)
-	}
-	in.qd.Observe(d.Seconds())
+	s.queryDuration(backend).Observe(d)
 	qs := s.srv.queryStats
 	var slow bool
 	if cl != nil && cl.Fingerprint != "" {
@@ -269,7 +301,7 @@ func (s *session) txBoundaryLocked(status byte) {
 func (s *session) txEndedLocked(d time.Duration, commit bool) {
 	s.stats.transactions.Add(1)
 	s.stats.txNanos.Add(int64(d))
-	s.ins.txDur.Observe(d.Seconds())
+	s.ins.txDur.Observe(d)
 	if commit {
 		s.stats.commits.Add(1)
 		s.ins.commit.Inc()

@@ -59,10 +59,10 @@ func TestQueryStatisticsAndSlowQueries(t *testing.T) {
 			t.Errorf("slow query %+v", sq)
 		}
 	}
-	if n := testutil.ToFloat64(e.m.SlowQueries.WithLabelValues("api", "app")); n != 2 {
+	if n := e.m.SlowQueries.Sum("api", "app").Value(); n != 2 {
 		t.Errorf("database_slow_queries_total{api} = %v, want 2", n)
 	}
-	if n := testutil.ToFloat64(e.m.SlowQueries.WithLabelValues("data-service", "app")); n != 1 {
+	if n := e.m.SlowQueries.Sum("data-service", "app").Value(); n != 1 {
 		t.Errorf("database_slow_queries_total{data-service} = %v, want 1", n)
 	}
 	if n := testutil.CollectAndCount(e.m.QueryDuration); n == 0 {
@@ -86,8 +86,8 @@ func TestTransactionCounts(t *testing.T) {
 	// ReadyForQuery reached the client.
 	var commits, rollbacks float64
 	pollFor(t, "4 transactions counted", 5*time.Second, func() bool {
-		commits = testutil.ToFloat64(e.m.Transactions.WithLabelValues("api", "app", "commit"))
-		rollbacks = testutil.ToFloat64(e.m.Transactions.WithLabelValues("api", "app", "rollback"))
+		commits = float64(e.m.Transactions.Sum("api", "app", "commit").Value())
+		rollbacks = float64(e.m.Transactions.Sum("api", "app", "rollback").Value())
 		return commits+rollbacks >= 4
 	})
 	if commits != 2 || rollbacks != 2 {

@@ -236,7 +236,7 @@ func (c *startupConn) login(rt *runtime, userName string) (*user, error) {
 }
 
 // login authenticates the client and builds its session.
-func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest, rt *runtime) (*session, error) {
+func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest, rt *runtime) (_ *session, err error) {
 	params := req.params
 	userName, database, err := identity(params)
 	if err != nil {
@@ -275,6 +275,11 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 	sess.ctx, sess.cancel = context.WithCancel(context.Background())
 	sess.idle.L = &sess.mu
 	sess.ins = s.newInstruments(service, database)
+	defer func() {
+		if err != nil {
+			s.releaseInstruments(sess.ins)
+		}
+	}()
 	if s.topo != nil && svc.PoolMode == poolmgr.ModeTransaction && s.classifier != nil &&
 		svc.Reads != readsPrimary && len(cfg.Databases[database].Replicas) > 0 {
 		sess.routing, sess.reads = true, svc.Reads
@@ -370,6 +375,10 @@ func (s *Server) register(sess *session) error {
 		}
 	}
 	sess.id = s.nextID
+	if sess.ins != nil {
+		// Spread sessions over the stripes of the shared statistics.
+		sess.ins.handles.Stripe = int(sess.id)
+	}
 	// Under s.mu: whoever finds the session in s.sessions sees its logger.
 	sess.log = sess.log.With(zap.Uint32("client", sess.id))
 	s.sessions[sess.id] = sess
@@ -384,6 +393,7 @@ func (s *Server) unregister(sess *session) {
 		// Under s.mu, as scrapes sum the live sessions, so the lookup
 		// counter never goes back.
 		s.endedLookups += sess.lookups.Load()
+		s.releaseInstruments(sess.ins)
 		k := [2]string{sess.service, sess.database}
 		t := s.ended[k]
 		if t == nil {

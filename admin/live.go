@@ -386,6 +386,16 @@ func (l *Live) Set(name, value string) error {
 			return err
 		}
 		return applyProxy()
+	case "disable_stats":
+		switch strings.ToLower(value) {
+		case "true", "on", "1", "yes":
+			pc.DisableStats = true
+		case "false", "off", "0", "no":
+			pc.DisableStats = false
+		default:
+			return bad("on or off")
+		}
+		return applyProxy()
 	case "pool.wait_timeout", "wait_timeout":
 		if mc.Pool.WaitTimeout, err = dur(); err != nil {
 			return err
@@ -428,7 +438,7 @@ func (l *Live) Set(name, value string) error {
 		return applyPools()
 	}
 	return &Error{Code: CodeInvalidParameterValue, Message: fmt.Sprintf("%s cannot be changed at run time", name),
-		Hint: "SET takes slow_query_threshold, long_transaction_threshold, client_login_timeout, max_client_connections, max_retries, pool.wait_timeout, pool.idle_timeout and services.<name>.{max_connections,min_connections,transaction_timeout,idle_in_transaction_timeout}; everything else needs the configuration file and RELOAD"}
+		Hint: "SET takes slow_query_threshold, long_transaction_threshold, client_login_timeout, max_client_connections, max_retries, disable_stats, pool.wait_timeout, pool.idle_timeout and services.<name>.{max_connections,min_connections,transaction_timeout,idle_in_transaction_timeout}; everything else needs the configuration file and RELOAD"}
 }
 
 // DatabaseQuery runs a statistics query on the primary of database, on a

@@ -80,10 +80,10 @@ type backendSeries struct {
 }
 
 // newInstruments returns the series of a session of (service, database),
-// or nil when statistics are off.
+// or nil without metrics.
 func (s *Server) newInstruments(service, database string) *instruments {
 	m := s.metrics
-	if m == nil || s.queryStats == nil {
+	if m == nil {
 		return nil
 	}
 	return &instruments{
@@ -124,6 +124,16 @@ func (s *session) queryDuration(backend string) *metrics.Histogram {
 	h := s.srv.metrics.QueryDuration.Local(s.service, s.database, backend)
 	in.qd = append(in.qd, backendSeries{backend, h})
 	return h
+}
+
+// rec returns the session's series while statistics are on (nil while
+// disable_stats is set). A statement sent while they were off is not
+// timed when they come on before it ends.
+func (s *session) rec() *instruments {
+	if s.ins == nil || s.srv.statsOff.Load() {
+		return nil
+	}
+	return s.ins
 }
 
 // waitLatency returns the pool-wait sketch of a pool, creating it.
@@ -236,6 +246,9 @@ func (s *session) queryDone(srv *poolmgr.Conn) {
 	}
 	cl, sent, failed := h.class, h.sent, s.entryErr
 	s.mu.Unlock()
+	if sent.IsZero() { // sent while statistics were off
+		return
+	}
 	code := ""
 	if failed {
 		code = s.queryErr
@@ -247,17 +260,18 @@ func (s *session) queryDone(srv *poolmgr.Conn) {
 // reporting status, before s.txStatus is updated. s.mu must be held.
 func (s *session) txBoundaryLocked(status byte) {
 	prev := s.txStatus
+	in := s.rec()
 	var now time.Time
 	switch {
-	case s.ins != nil && !s.batchStart.IsZero() && !s.lastDone.Before(s.batchStart):
+	case in != nil && !s.batchStart.IsZero() && !s.lastDone.Before(s.batchStart):
 		// The batch's last statement has just been timed: that clock
 		// read serves here too.
 		now = s.lastDone
-	case s.ins != nil || status != 'I':
+	case in != nil || status != 'I':
 		now = time.Now()
 	}
 	if status == 'I' {
-		if s.ins != nil && (prev != 'I' || !s.batchStart.IsZero()) {
+		if in != nil && (prev != 'I' || !s.batchStart.IsZero()) {
 			start, commit := s.txSince, s.txCommit
 			if prev == 'I' {
 				start, commit = s.batchStart, !s.batchErr

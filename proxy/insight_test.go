@@ -318,3 +318,81 @@ func TestKillPauseResume(t *testing.T) {
 	_ = e.srv.Resume("")
 	_, _ = a.Exec(ctx, "rollback")
 }
+
+// disable_stats changes at run time: while it is set nothing is timed or
+// counted, and what was recorded before stays; set back, recording goes on.
+func TestStatsToggle(t *testing.T) {
+	e := startProxy(t, nil)
+	ctx := ctxT(t)
+	c := e.connect(t, "app", "")
+	traffic := func() (queries, txs int64) {
+		for _, s := range e.srv.Traffic() {
+			if s.Service == "api" && s.Database == "app" {
+				return s.Queries, s.Transactions
+			}
+		}
+		return 0, 0
+	}
+	calls := func() (n int64) {
+		for _, q := range e.srv.QueryStats().Top(0) {
+			n += q.Calls
+		}
+		return n
+	}
+	run := func(n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			if _, err := c.Exec(ctx, "select $1::int", i); err != nil { // extended protocol
+				t.Fatal(err)
+			}
+			if _, err := c.Exec(ctx, "select 1", pgx.QueryExecModeSimpleProtocol); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	setStats := func(off bool) {
+		t.Helper()
+		cfg := e.srv.Settings()
+		cfg.DisableStats = off
+		if err := e.srv.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	run(3)
+	pollFor(t, "6 statements and transactions recorded", 5*time.Second, func() bool {
+		q, tx := traffic()
+		return q == 6 && tx == 6
+	})
+	before := calls()
+	commits := e.m.Transactions.Sum("api", "app", "commit").Value()
+	if before != 6 || commits != 6 {
+		t.Fatalf("%d calls in the query statistics and %d commits, want 6 each", before, commits)
+	}
+
+	setStats(true)
+	run(5)
+	if _, err := c.Exec(ctx, "begin; select 1; commit", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // time for anything wrongly recorded to show
+	if q, tx := traffic(); q != 6 || tx != 6 {
+		t.Errorf("with disable_stats: %d queries, %d transactions counted, want still 6 and 6", q, tx)
+	}
+	if n := calls(); n != before {
+		t.Errorf("with disable_stats: %d calls in the query statistics, want still %d", n, before)
+	}
+	if n := e.m.Transactions.Sum("api", "app", "commit").Value(); n != commits {
+		t.Errorf("with disable_stats: %d commits in database_transactions_total, want still %d", n, commits)
+	}
+
+	setStats(false)
+	run(2)
+	pollFor(t, "recording again", 5*time.Second, func() bool {
+		q, tx := traffic()
+		return q == 10 && tx == 10
+	})
+	if n := calls(); n != before+4 {
+		t.Errorf("after disable_stats is cleared: %d calls, want %d", n, before+4)
+	}
+}

@@ -119,7 +119,7 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 				return false
 			}
 			status := body[0]
-			if s.ins != nil {
+			if s.rec() != nil {
 				// Before the client sees ReadyForQuery, so statistics
 				// read after a statement returns include it.
 				s.queryDone(srv)
@@ -202,7 +202,7 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			}
 			s.respSent = true
 			s.commandComplete(body)
-			if s.ins != nil {
+			if s.rec() != nil {
 				s.tagged(body)
 			}
 			var done *router.Class
@@ -282,7 +282,7 @@ func (s *session) serverError(srv *poolmgr.Conn, code []byte) *pgError {
 	if h.typ == 'Q' || h.typ == 'F' {
 		s.entryErr = true
 		s.mu.Unlock()
-		if s.ins != nil {
+		if s.rec() != nil {
 			s.queryErr = string(code)
 		}
 		return replace // ReadyForQuery pops it

@@ -49,7 +49,8 @@ type Server struct {
 	classifier *router.Classifier  // nil when classification is off
 	topo       *router.Topology    // nil: every client goes to the configured primary
 	metrics    *metrics.Metrics    // nil: nothing recorded
-	queryStats *metrics.QueryStats // nil when statistics are off
+	queryStats *metrics.QueryStats
+	statsOff   atomic.Bool // disable_stats, changed by Reload
 	// waits are the pool wait sketches by pool; ended the counters of
 	// sessions that ended, by service and database (guarded by mu).
 	waits map[poolmgr.Key]*metrics.Latency
@@ -79,9 +80,7 @@ func New(cfg Config, pools Pools, topo *router.Topology, log *zap.Logger) (*Serv
 	if !cfg.DisableClassification {
 		s.classifier = router.New(router.Config{ParseCacheSize: cfg.ParseCacheSize})
 	}
-	if !cfg.DisableStats {
-		s.queryStats = metrics.NewQueryStats(cfg.QueryStatsSize, 200, cfg.SlowQueryThreshold, log.Named("slow"))
-	}
+	s.queryStats = metrics.NewQueryStats(cfg.QueryStatsSize, 200, cfg.SlowQueryThreshold, log.Named("slow"))
 	s.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
 	return s, nil
 }
@@ -102,7 +101,8 @@ func (s *Server) Reload(cfg Config) error {
 		s.log.Warn("listen address changes take effect on restart", zap.String("listen", old.cfg.Listen))
 	}
 	s.rt.Store(rt)
-	if s.queryStats != nil {
+	s.statsOff.Store(cfg.DisableStats)
+	if s.queryStats != nil { // nil during New
 		s.queryStats.SetThreshold(cfg.SlowQueryThreshold)
 	}
 	return nil

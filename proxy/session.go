@@ -285,7 +285,7 @@ func (s *session) forward(typ byte) error {
 			}
 		}
 		class = s.classify(typ, body)
-	} else if typ == 'Q' && s.ins != nil && s.srv.classifier != nil {
+	} else if typ == 'Q' && s.rec() != nil && s.srv.classifier != nil {
 		// Session mode: classified for its fingerprint only.
 		var err error
 		if body, err = s.r.Body(); err != nil {
@@ -355,7 +355,7 @@ func (s *session) forward(typ byte) error {
 			s.pinLocked(class.Pins)
 		}
 		e := expected{typ: typ, class: class}
-		if s.ins != nil && (typ == 'Q' || typ == 'E' || typ == 'F') {
+		if s.rec() != nil && (typ == 'Q' || typ == 'E' || typ == 'F') {
 			e.sent = time.Now()
 			if s.batchStart.IsZero() {
 				s.batchStart = e.sent
@@ -538,7 +538,7 @@ func (s *session) attach(ctx context.Context, backend string, node *router.Node)
 	if err != nil {
 		return err
 	}
-	if s.ins != nil {
+	if s.rec() != nil {
 		s.waited(conn.Waited, conn.Backend())
 	}
 	s.mu.Lock()

@@ -217,6 +217,22 @@ services:
 	if !found {
 		t.Error("SET slow_query_threshold did not show in SHOW CONFIG")
 	}
+	// disable_stats at run time: statements are no longer counted.
+	a.table("SET disable_stats = on")
+	before = apiStat("queries")
+	for i := 0; i < 3; i++ {
+		if _, err := w.Exec(ctx, "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := apiStat("queries"); after != before {
+		t.Errorf("with SET disable_stats = on, SHOW STATS queries went from %d to %d", before, after)
+	}
+	a.table("SET disable_stats = off")
+	if _, err := w.Exec(ctx, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "statements counted again after SET disable_stats = off", func() bool { return apiStat("queries") > before })
 	var victim string
 	for _, r := range a.table("SHOW CLIENTS") {
 		victim = r["id"]

@@ -46,9 +46,9 @@ type Server struct {
 	// endedLookups are the parse cache lookups of sessions that ended.
 	endedLookups uint64
 
-	classifier *router.Classifier  // nil when classification is off
-	topo       *router.Topology    // nil: every client goes to the configured primary
-	metrics    *metrics.Metrics    // nil: nothing recorded
+	classifier *router.Classifier // nil when classification is off
+	topo       *router.Topology   // nil: every client goes to the configured primary
+	metrics    *metrics.Metrics   // nil: nothing recorded
 	queryStats *metrics.QueryStats
 	statsOff   atomic.Bool // disable_stats, changed by Reload
 	// waits are the pool wait sketches by pool; ended the counters of

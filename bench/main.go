@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -317,4 +318,34 @@ func median(xs []float64) float64 {
 		return (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
 	return s[len(s)/2]
+}
+
+// medianCI is a distribution-free confidence interval of the median of
+// the population xs were drawn from: the k-th smallest and k-th largest of
+// xs, with k the largest rank for which the chance that the median lies
+// outside is at most 1 − conf (from the binomial distribution of how many
+// samples fall below the median). With too few samples for conf it
+// returns the smallest and largest, and their actual coverage.
+func medianCI(xs []float64, conf float64) (lo, hi, coverage float64) {
+	n := len(xs)
+	if n == 0 {
+		return 0, 0, 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	// tail(k) = P(Binomial(n, ½) ≤ k−1), the chance the median is below
+	// the k-th smallest sample.
+	tail := func(k int) float64 {
+		p, c := 0.0, 1.0 // c = C(n, i)
+		for i := 0; i < k; i++ {
+			p += c
+			c = c * float64(n-i) / float64(i+1)
+		}
+		return p / math.Pow(2, float64(n))
+	}
+	k := 1
+	for k+1 <= (n+1)/2 && 2*tail(k+1) <= 1-conf {
+		k++
+	}
+	return s[k-1], s[n-k], 1 - 2*tail(k)
 }

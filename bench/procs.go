@@ -19,6 +19,7 @@ type proc struct {
 	name        string
 	port        int
 	metricsPort int // pgshield's metrics_listen; 0 for PgBouncer
+	adminPort   int // pgshield's admin_listen; 0 for PgBouncer
 	cmd         *exec.Cmd
 	pid         int // of the pooler itself (not of a wrapping shell)
 }
@@ -122,25 +123,24 @@ func waitListening(port int, cmd *exec.Cmd, logFile string) error {
 // instances; everything else is the same for all of them.
 type shieldOptions struct {
 	noClassify bool // disable_classification
-	noStats    bool // disable_stats
 }
 
 // startPgshield runs pgshield in transaction mode with 20 server
 // connections and trust authentication (as PgBouncer below); opts turns
-// SQL classification or statistics off.
+// SQL classification off.
 func startPgshield(dir, tag, bin string, pg *pgcluster.Cluster, opts shieldOptions) (*proc, error) {
 	return launchPgshield(dir, tag, bin, fmt.Sprintf(`auth_type: trust
 users:
   - {name: bench, password: bench, service: api}
+  - {name: admin, password: admin, admin: true}
 max_client_connections: 12000
 disable_classification: %v
-disable_stats: %v
 databases:
   bench: {primary: %s, user: bench, password: bench, server_tls: {mode: disable}}
 services:
   api: {max_connections: 20, min_connections: 20, pool_mode: transaction}
 log: {level: warn, format: json}
-`, opts.noClassify, opts.noStats, pg.Addr()))
+`, opts.noClassify, pg.Addr()))
 }
 
 // launchPgshield writes the configuration body (everything but the
@@ -170,7 +170,7 @@ func launchPgshield(dir, tag, bin, body string) (*proc, error) {
 		return nil, err
 	}
 	lf.Close() // the child holds its own descriptor
-	p := &proc{name: "pgshield", port: ports[0], metricsPort: ports[2], cmd: cmd, pid: cmd.Process.Pid}
+	p := &proc{name: "pgshield", port: ports[0], adminPort: ports[1], metricsPort: ports[2], cmd: cmd, pid: cmd.Process.Pid}
 	if err := waitListening(p.port, cmd, logFile); err != nil {
 		p.stop()
 		return nil, err

@@ -201,8 +201,23 @@ func (s *session) tagged(tag []byte) {
 	}
 }
 
-// stmtDone records a finished statement (pump side). code is its SQLSTATE
-// when it failed.
+// finishedStmt is a statement timed but not yet recorded.
+type finishedStmt struct {
+	class   *router.Class
+	backend string
+	code    string
+	d       time.Duration
+	rows    int64
+	at      time.Time
+}
+
+// maxFinished bounds the statements kept for recording: a long pipeline
+// without Sync records as it goes.
+const maxFinished = 64
+
+// stmtDone times a finished statement (pump side). code is its SQLSTATE
+// when it failed. It is recorded by recordFinished, after the client has
+// been sent its answer, so that the client does not wait for it.
 func (s *session) stmtDone(cl *router.Class, sent time.Time, srv *poolmgr.Conn, code string) {
 	now := time.Now()
 	start := sent
@@ -210,29 +225,42 @@ func (s *session) stmtDone(cl *router.Class, sent time.Time, srv *poolmgr.Conn, 
 		start = s.lastDone
 	}
 	s.lastDone = now
-	d := now.Sub(start)
-	rows := s.stmtRows
-	s.stmtRows = 0
-	s.stats.queries.Add(1)
-	s.stats.queryNanos.Add(int64(d))
 	if cl != nil {
 		s.batchClasses = append(s.batchClasses, cl)
 	}
+	s.finished = append(s.finished, finishedStmt{class: cl, backend: srv.Backend(), code: code, d: now.Sub(start), rows: s.stmtRows, at: now})
+	s.stmtRows = 0
+	if len(s.finished) >= maxFinished {
+		s.recordFinished()
+	}
+}
+
+// recordFinished records the statements stmtDone timed (pump side).
+func (s *session) recordFinished() {
+	if len(s.finished) == 0 {
+		return
+	}
 	in := s.ins
-	backend := srv.Backend()
-	s.queryDuration(backend).Observe(d)
 	qs := s.srv.queryStats
-	var slow bool
-	if cl != nil && cl.Fingerprint != "" {
-		slow = qs.ObserveWith(&in.handles, metrics.Observation{Fingerprint: cl.Fingerprint, Query: cl.Normalized, Duration: d, Rows: rows,
-			ErrorCode: code, Service: s.service, Database: s.database, Backend: backend, At: now})
-	} else {
-		th := qs.Threshold()
-		slow = th > 0 && d >= th
+	for i := range s.finished {
+		f := &s.finished[i]
+		s.stats.queries.Add(1)
+		s.stats.queryNanos.Add(int64(f.d))
+		s.queryDuration(f.backend).Observe(f.d)
+		var slow bool
+		if cl := f.class; cl != nil && cl.Fingerprint != "" {
+			slow = qs.ObserveWith(&in.handles, metrics.Observation{Fingerprint: cl.Fingerprint, Query: cl.Normalized, Duration: f.d, Rows: f.rows,
+				ErrorCode: f.code, Service: s.service, Database: s.database, Backend: f.backend, At: f.at})
+		} else {
+			th := qs.Threshold()
+			slow = th > 0 && f.d >= th
+		}
+		if slow {
+			in.slow.Inc()
+		}
 	}
-	if slow {
-		in.slow.Inc()
-	}
+	clear(s.finished)
+	s.finished = s.finished[:0]
 }
 
 // queryDone times the Query at the head of the queue, answered by the

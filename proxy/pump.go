@@ -120,8 +120,6 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			}
 			status := body[0]
 			if s.rec() != nil {
-				// Before the client sees ReadyForQuery, so statistics
-				// read after a statement returns include it.
 				s.queryDone(srv)
 			}
 			if err := forwardTo(r, cw); err != nil {
@@ -129,6 +127,8 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 				return false
 			}
 			_ = cw.Flush()
+			// The client has its answer: now the statistics.
+			s.recordFinished()
 			s.stats.bytesOut.Add(s.outBytes)
 			s.outBytes = 0
 			if s.readyForQuery(srv, status) {
@@ -360,6 +360,7 @@ func (s *session) readyForQuery(srv *poolmgr.Conn, status byte) bool {
 // consumed, so the connection is still usable if the session was only being
 // stopped.
 func (s *session) pumpFailed(srv *poolmgr.Conn, cw *bufio.Writer, err error, atBoundary bool) {
+	s.recordFinished() // what completed before the failure
 	s.mu.Lock()
 	s.pumpRunning = false
 	if s.closing {

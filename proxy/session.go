@@ -189,6 +189,7 @@ type session struct {
 	batchErr       bool   // something in the batch failed
 	batchClasses   []*router.Class
 	lastDone       time.Time
+	finished       []finishedStmt // timed, recorded once the client has its answer
 	outBytes       int64 // bytes forwarded to the client, not yet counted
 }
 

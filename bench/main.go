@@ -248,8 +248,10 @@ var (
 	reError   = regexp.MustCompile(`(?m)^pgbench: error: (.*)$`)
 )
 
-func (e *env) pgbenchS(port int, mode string, clients int, d time.Duration) measure {
-	cmd := e.pgbenchCmd(port, "-n", "-S", "-M", mode, "-c", strconv.Itoa(clients), "-j", "2", "-T", strconv.Itoa(int(d.Seconds())))
+// pgbenchS runs pgbench -S; extra are more pgbench options.
+func (e *env) pgbenchS(port int, mode string, clients int, d time.Duration, extra ...string) measure {
+	args := append([]string{"-n", "-S", "-M", mode, "-c", strconv.Itoa(clients), "-j", "2", "-T", strconv.Itoa(int(d.Seconds()))}, extra...)
+	cmd := e.pgbenchCmd(port, args...)
 	out, err := cmd.CombinedOutput()
 	m := measure{}
 	if s := reTPS.FindSubmatch(out); s != nil {

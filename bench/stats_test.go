@@ -4,8 +4,10 @@ import (
 	"math"
 	"net"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,35 +35,70 @@ func TestHistogramCounts(t *testing.T) {
 	}
 }
 
-func TestStatsMarkdownSaysWhenNothingWasRecorded(t *testing.T) {
-	s := statsResult{rounds: 1, onTxns: 100, offTxns: 100,
-		on:     map[string][]measure{"simple": {{tps: 99}, {tps: 97}}},
-		off:    map[string][]measure{"simple": {{tps: 100}, {tps: 100}}},
-		ratios: map[string][]float64{"simple": {0.98}}}
+// Transactions are counted in the phase they completed in, phases are
+// summed per setting within a block, and a block's ratios follow.
+func TestStatsBlocksOf(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	// One block: on 0–1 s, off 1–2 s, off 2–3 s, on 3–4 s, then the end.
+	bs := []boundary{
+		{at: at(0), on: true, cpu: 0, recorded: 0},
+		{at: at(1000), on: false, cpu: 100 * time.Millisecond, recorded: 40},
+		{at: at(2000), on: false, cpu: 180 * time.Millisecond, recorded: 41},
+		{at: at(3000), on: true, cpu: 260 * time.Millisecond, recorded: 41},
+		{at: at(4000), on: true, cpu: 360 * time.Millisecond, recorded: 81},
+	}
+	var times []time.Time
+	times = append(times, at(-5)) // before the first phase: not counted
+	for i := 0; i < 10; i++ {
+		times = append(times, at(i*100))      // on: 10
+		times = append(times, at(1000+i*100)) // off: 10
+		times = append(times, at(3000+i*100)) // on: 10
+	}
+	for i := 0; i < 10; i++ {
+		times = append(times, at(2000+i*100)) // off: 10
+	}
+	times = append(times, at(4000)) // at the end: not counted
+	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
+	blocks := statsBlocksOf(bs, times, 0.5)
+	if len(blocks) != 1 {
+		t.Fatalf("%d blocks, want 1", len(blocks))
+	}
+	b := blocks[0]
+	if b.on.txns != 40 || b.off.txns != 40 || b.on.dur != 2*time.Second || b.off.dur != 2*time.Second {
+		t.Errorf("on %+v off %+v; want 40 transactions in 2 s each (20 logged at sampling 0.5)", b.on, b.off)
+	}
+	if b.on.cpu != 200*time.Millisecond || b.off.cpu != 160*time.Millisecond || b.on.recorded != 80 || b.off.recorded != 1 {
+		t.Errorf("on %+v off %+v", b.on, b.off)
+	}
+	if b.ratio != 1 || math.Abs(b.cpuPer-1.25) > 1e-9 {
+		t.Errorf("ratio %v cpu ratio %v, want 1 and 1.25", b.ratio, b.cpuPer)
+	}
+}
+
+func TestStatsMarkdown(t *testing.T) {
+	blk := func(onTxns, offTxns float64, recorded uint64) statsBlock {
+		on := statsTotals{dur: 2 * time.Second, cpu: time.Second, txns: onTxns, recorded: recorded}
+		off := statsTotals{dur: 2 * time.Second, cpu: time.Second, txns: offTxns}
+		return statsBlock{on: on, off: off, ratio: on.tps() / off.tps(), cpuPer: on.cpuPerTx() / off.cpuPerTx()}
+	}
+	var blocks []statsBlock
+	for _, r := range []float64{0.99, 0.98, 0.99, 0.95, 1.01, 0.99, 1.0, 0.985, 0.975} {
+		blocks = append(blocks, blk(1000*r, 1000, 0))
+	}
+	s := statsResult{nBlock: 9, blocks: map[string][]statsBlock{"simple": blocks}, runs: map[string]measure{}}
 	md := s.markdown()
-	for _, want := range []string{"## Statistics cost", "| simple | 98 | 100 | 0.980 | 2.0 % | 0.980–0.980 (0 %: too few rounds for 95) | 0.980–0.980 | met, and shown", "Statistics were not recorded", "does not measure", "did not move"} {
+	for _, want := range []string{"## Statistics cost", "| simple | 495 | 500 | 0.990 | 1.0 % | 0.975–1.000 | 0.950–1.010 | met, and shown", "| prepared | n/a", "Statistics were not recorded", "does not measure"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
 	}
-	s.onRecorded = 100
-	if md := s.markdown(); strings.Contains(md, "not recorded") || !strings.Contains(md, "1.00 per transaction") {
-		t.Errorf("with statements recorded:\n%s", md)
+	blocks[8] = blk(960, 1000, 1000)
+	if md := s.markdown(); !strings.Contains(md, "0.960–1.000") || !strings.Contains(md, "met by the median; not shown") || !strings.Contains(md, "Statistics were recorded") {
+		t.Errorf("nine blocks, wider:\n%s", md)
 	}
-	s.offRecorded = 5
-	if md := s.markdown(); !strings.Contains(md, "they were not off") {
-		t.Errorf("with statements recorded while off:\n%s", md)
-	}
-	s.ratios["simple"] = []float64{0.99, 0.98, 0.99, 0.95, 1.01, 0.99, 1.0, 0.985, 0.975}
-	if md := s.markdown(); !strings.Contains(md, "| 0.990 | 1.0 % | 0.975–1.000 |") || !strings.Contains(md, "met, and shown") {
-		t.Errorf("nine rounds:\n%s", md)
-	}
-	s.ratios["simple"] = []float64{0.99, 0.98, 0.99, 0.95, 1.01, 0.99, 1.0, 0.985, 0.96}
-	if md := s.markdown(); !strings.Contains(md, "0.960–1.000") || !strings.Contains(md, "met by the median; not shown") {
-		t.Errorf("nine rounds, wider:\n%s", md)
-	}
-	s.ratios["simple"] = []float64{0.96}
-	if md := s.markdown(); !strings.Contains(md, "| 4.0 % | 0.960–0.960 (0 %: too few rounds for 95) | 0.960–0.960 | missed |") {
+	s.blocks["simple"] = []statsBlock{blk(960, 1000, 1)}
+	if md := s.markdown(); !strings.Contains(md, "| 4.0 % | 0.960–0.960 (0 %: too few blocks for 95) | 0.960–0.960 | missed |") {
 		t.Errorf("a 4 %% drop is not shown missed:\n%s", md)
 	}
 }

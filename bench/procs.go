@@ -57,6 +57,33 @@ func (p *proc) rssKB() (int, error) {
 
 // cpuTime is the CPU time (user + system) the pooler process has used,
 // from /proc/<pid>/stat in clock ticks of 10 ms (USER_HZ is 100 on Linux).
+// runTime is the time the process's threads have spent on a CPU, to the
+// nanosecond (the sum of /proc/<pid>/task/*/schedstat), where cpuTime
+// counts 10 ms ticks.
+func (p *proc) runTime() (time.Duration, error) {
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", p.pid))
+	if err != nil || len(files) == 0 {
+		return 0, fmt.Errorf("no schedstat for %d: %v", p.pid, err)
+	}
+	var sum int64
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread ended
+		}
+		fs := strings.Fields(string(data))
+		if len(fs) == 0 {
+			continue
+		}
+		ns, err := strconv.ParseInt(fs[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %q", f, data)
+		}
+		sum += ns
+	}
+	return time.Duration(sum), nil
+}
+
 func (p *proc) cpuTime() (time.Duration, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
 	if err != nil {

@@ -42,14 +42,15 @@ const (
 // off, on: the phases of a block see nearly the same machine, and a
 // drift within a block weighs on both settings alike. pgbench logs a
 // sample of its transactions with their completion times, which assigns
-// them to phases; the pgshield process's CPU time is read at each switch.
+// them to phases; the pgshield process's CPU time (its threads' run time, to the
+// nanosecond) is read at each switch.
 const (
-	statsPhase    = time.Second
-	statsSampling = 0.25 // of transactions pgbench logs
+	statsPhase    = 250 * time.Millisecond
+	statsSampling = 1.0 // of transactions pgbench logs
 )
 
 // statsBlocks is the number of blocks per mode, from the bench's rounds.
-func statsBlocks(rounds int) int { return 8 * rounds }
+func statsBlocks(rounds int) int { return 32 * rounds }
 
 // statsBlock is one block's totals for one setting.
 type statsBlock struct {
@@ -129,7 +130,7 @@ func statsCost(e *env, bin string, _ time.Duration, rounds int) statsResult {
 		}
 		b := boundary{at: time.Now(), on: on}
 		var err error
-		if b.cpu, err = p.cpuTime(); err != nil {
+		if b.cpu, err = p.runTime(); err != nil {
 			return b, err
 		}
 		c, err := histogramCounts(p.metricsPort, queryDurationMetric)
@@ -146,13 +147,15 @@ func statsCost(e *env, bin string, _ time.Duration, rounds int) statsResult {
 	}
 	for _, mode := range statsModes {
 		prefix := filepath.Join(e.dir, "stats-"+mode)
-		total := time.Duration(4*res.nBlock)*statsPhase + 3*time.Second
+		// The phases are on a fixed schedule, started a second in.
+		total := time.Duration(4*res.nBlock)*statsPhase + 5*time.Second
 		done := make(chan measure, 1)
 		go func() {
 			done <- e.pgbenchS(p.port, mode, 50, total, "-l", fmt.Sprintf("--sampling-rate=%g", statsSampling), "--log-prefix="+prefix)
 		}()
 		time.Sleep(time.Second) // clients connected and running
 		var bs []boundary
+		next := time.Now()
 		for i := 0; i < res.nBlock && res.err == nil; i++ {
 			for _, on := range []bool{true, false, false, true} {
 				b, err := mark(on)
@@ -161,7 +164,8 @@ func statsCost(e *env, bin string, _ time.Duration, rounds int) statsResult {
 					break
 				}
 				bs = append(bs, b)
-				time.Sleep(statsPhase)
+				next = next.Add(statsPhase)
+				time.Sleep(time.Until(next))
 			}
 		}
 		if res.err == nil {
@@ -184,6 +188,10 @@ func statsCost(e *env, bin string, _ time.Duration, rounds int) statsResult {
 			return res
 		}
 		res.blocks[mode] = statsBlocksOf(bs, times, statsSampling)
+		if n := len(res.blocks[mode]); n < res.nBlock*9/10 {
+			res.err = fmt.Errorf("%s mode: pgbench ran through only %d of %d blocks", mode, n, res.nBlock)
+			return res
+		}
 		for i, b := range res.blocks[mode] {
 			say("%-9s block %2d: tps on %8.0f off %8.0f (on/off %.3f), cpu on %6.2f off %6.2f µs/tx", mode, i+1, b.on.tps(), b.off.tps(), b.ratio, b.on.cpuPerTx(), b.off.cpuPerTx())
 		}
@@ -219,12 +227,11 @@ func statsBlocksOf(bs []boundary, times []time.Time, sampling float64) []statsBl
 			t.txns += float64(n) / sampling
 			t.recorded += end.recorded - start.recorded
 		}
-		if off := blk.off.tps(); off > 0 {
-			blk.ratio = blk.on.tps() / off
+		if blk.on.txns == 0 || blk.off.txns == 0 {
+			continue // pgbench was not running throughout
 		}
-		if off := blk.off.cpuPerTx(); off > 0 {
-			blk.cpuPer = blk.on.cpuPerTx() / off
-		}
+		blk.ratio = blk.on.tps() / blk.off.tps()
+		blk.cpuPer = blk.on.cpuPerTx() / blk.off.cpuPerTx()
 		out = append(out, blk)
 	}
 	return out
@@ -322,7 +329,7 @@ func (s statsResult) markdown() string {
 		fmt.Fprintf(&b, "The statistics scenario failed: %v\n", s.err)
 		return b.String()
 	}
-	fmt.Fprintf(&b, "One pgshield (transaction mode, 20 server connections, SQL classification on, trust authentication) with per-statement statistics on (the default) and off, switched on its admin console with `SET disable_stats` every %s during one `pgbench -S -c 50 -j 2` run per mode, in %d blocks of on, off, off, on: one process compared with itself (two processes configured alike differ by a few per cent), and phases a second apart see nearly the same machine, whose speed drifts by more than the goal within seconds. pgbench logs %.0f %% of its transactions with their completion time, which assigns them to phases; pgshield's CPU time is read from /proc at each switch. Each block gives a ratio, its TPS with statistics on over its TPS with them off; on/off is the median of the blocks' ratios and drop is 1 − on/off. The interval is a distribution-free 95 %% confidence interval of that median (order statistics of the blocks' ratios, ranks from the binomial distribution); the goal is shown when the whole interval lies above 1 − goal. Goal (issue): the drop is at most %.0f %%.\n\n",
+	fmt.Fprintf(&b, "One pgshield (transaction mode, 20 server connections, SQL classification on, trust authentication) with per-statement statistics on (the default) and off, switched on its admin console with `SET disable_stats` every %s during one `pgbench -S -c 50 -j 2` run per mode, in %d blocks of on, off, off, on: one process compared with itself (two processes configured alike differ by a few per cent), and phases a second apart see nearly the same machine, whose speed drifts by more than the goal within seconds. pgbench logs %.0f %% of its transactions with their completion time, which assigns them to phases; pgshield's CPU time (its threads' run time in /proc, to the nanosecond) is read at each switch. Each block gives a ratio, its TPS with statistics on over its TPS with them off; on/off is the median of the blocks' ratios and drop is 1 − on/off. The interval is a distribution-free 95 %% confidence interval of that median (order statistics of the blocks' ratios, ranks from the binomial distribution); the goal is shown when the whole interval lies above 1 − goal. Goal (issue): the drop is at most %.0f %%.\n\n",
 		statsPhase, s.nBlock, statsSampling*100, statsGoal)
 	b.WriteString("| mode | statistics on tps | off tps | on/off | drop | 95 % interval of on/off | blocks' on/off, min–max | goal | failed |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, mode := range statsModes {
@@ -355,7 +362,7 @@ func (s statsResult) markdown() string {
 		run := s.runs[mode]
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.3f | %.1f %% | %s | %.3f–%.3f | %s | %s |\n", mode, median(on), median(off), q, d, ci, mn, mx, goal, failures(run.failed, run.note))
 	}
-	b.WriteString("\nCPU time of the pgshield process per transaction (user + system, from /proc), which time spent waiting for a core on a busy machine does not inflate; per block the ratio on / off, and its median. Its increase bounds what statistics cost a pgshield that is the bottleneck.\n\n")
+	b.WriteString("\nCPU time of the pgshield process per transaction, which time spent waiting for a core on a busy machine does not inflate; per block the ratio on / off, and its median. Its increase bounds what statistics cost a pgshield that is the bottleneck.\n\n")
 	b.WriteString("| mode | statistics on µs/tx | off µs/tx | on/off | CPU added | 95 % interval | blocks' on/off, min–max |\n|---|---|---|---|---|---|---|\n")
 	for _, mode := range statsModes {
 		blocks := s.blocks[mode]

@@ -125,3 +125,20 @@ func TestMedianCI(t *testing.T) {
 		t.Errorf("n=18: [%v, %v], want [5, 14]", lo, hi)
 	}
 }
+
+// A block in which one setting saw no transaction (pgbench not running)
+// is left out rather than counted as a ratio of 0.
+func TestStatsBlocksOfSkipsIdleBlocks(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var bs []boundary
+	for i := 0; i <= 8; i++ {
+		bs = append(bs, boundary{at: t0.Add(time.Duration(i) * time.Second), on: i%4 == 0 || i%4 == 3})
+	}
+	var times []time.Time
+	for i := 0; i < 40; i++ { // the first block only
+		times = append(times, t0.Add(time.Duration(i)*100*time.Millisecond))
+	}
+	if blocks := statsBlocksOf(bs, times, 1); len(blocks) != 1 || blocks[0].ratio != 1 {
+		t.Errorf("blocks %+v, want the first one only, ratio 1", blocks)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/DataDog/sketches-go/ddsketch"
+	"github.com/DataDog/sketches-go/ddsketch/mapping"
+	"github.com/DataDog/sketches-go/ddsketch/store"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"go.uber.org/zap"
 )
@@ -270,9 +272,13 @@ func (e *queryEntry) stat(fp string) QueryStat {
 	return s
 }
 
+// newSketch returns an empty sketch. Its index mapping interpolates the
+// logarithm cubically between powers of two rather than calling math.Log
+// on every value: a few more bins for the same accuracy, and cheaper to
+// add to, which every statement does.
 func newSketch() *ddsketch.DDSketch {
-	sk, _ := ddsketch.LogCollapsingLowestDenseDDSketch(sketchAccuracy, sketchBins)
-	return sk
+	m, _ := mapping.NewCubicallyInterpolatedMapping(sketchAccuracy)
+	return ddsketch.NewDDSketch(m, store.NewCollapsingLowestDenseStore(sketchBins), store.NewCollapsingLowestDenseStore(sketchBins))
 }
 
 // mergeSketch adds from (nil: nothing) to into (nil: a new sketch), and

@@ -32,10 +32,18 @@ import (
 // sessionStats are one client's counters, written by its goroutines and
 // read by the admin console.
 type sessionStats struct {
-	queries, transactions, commits, rollbacks, errors atomic.Int64
-	bytesIn, bytesOut                                 atomic.Int64
-	queryNanos, txNanos                               atomic.Int64
+	queries, transactions, commits, rollbacks, errors counter
+	bytesIn, bytesOut                                 counter
+	queryNanos, txNanos                               counter
 }
+
+// counter is a session counter with one writer at a time: the client
+// goroutine (bytesIn), whoever runs the pump (queries, errors, bytesOut),
+// or the holder of the session lock (transactions). Adding is a plain load
+// and store, not a locked instruction; readers load atomically.
+type counter struct{ atomic.Int64 }
+
+func (c *counter) add(n int64) { c.Store(c.Load() + n) }
 
 // Traffic is the totals of a pool (service, database) since start, for
 // SHOW STATS.
@@ -244,8 +252,8 @@ func (s *session) recordFinished() {
 	qs := s.srv.queryStats
 	for i := range s.finished {
 		f := &s.finished[i]
-		s.stats.queries.Add(1)
-		s.stats.queryNanos.Add(int64(f.d))
+		s.stats.queries.add(1)
+		s.stats.queryNanos.add(int64(f.d))
 		s.queryDuration(f.backend).Observe(f.d)
 		var slow bool
 		if cl := f.class; cl != nil && cl.Fingerprint != "" {
@@ -341,14 +349,14 @@ func (s *session) txBoundaryLocked(status byte) {
 }
 
 func (s *session) txEndedLocked(d time.Duration, commit bool) {
-	s.stats.transactions.Add(1)
-	s.stats.txNanos.Add(int64(d))
+	s.stats.transactions.add(1)
+	s.stats.txNanos.add(int64(d))
 	s.ins.txDur.Observe(d)
 	if commit {
-		s.stats.commits.Add(1)
+		s.stats.commits.add(1)
 		s.ins.commit.Inc()
 	} else {
-		s.stats.rollbacks.Add(1)
+		s.stats.rollbacks.add(1)
 		s.ins.rollback.Inc()
 	}
 }

@@ -162,7 +162,7 @@ func (s *Server) SetMetrics(m *metrics.Metrics) { s.metrics = m }
 // countError records an ErrorResponse from the server by its SQLSTATE:
 // errors by class, and deadlocks (also those the proxy then retries).
 func (s *session) countError(code []byte) {
-	s.stats.errors.Add(1)
+	s.stats.errors.add(1)
 	m := s.srv.metrics
 	if m == nil {
 		return

@@ -129,7 +129,7 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			_ = cw.Flush()
 			// The client has its answer: now the statistics.
 			s.recordFinished()
-			s.stats.bytesOut.Add(s.outBytes)
+			s.stats.bytesOut.add(s.outBytes)
 			s.outBytes = 0
 			if s.readyForQuery(srv, status) {
 				return false

@@ -233,7 +233,7 @@ func (s *session) loop() error {
 			}
 			return err
 		}
-		s.stats.bytesIn.Add(int64(wire.HeaderLen + s.r.Len()))
+		s.stats.bytesIn.add(int64(wire.HeaderLen + s.r.Len()))
 		switch typ {
 		case 'X':
 			return errTerminate

@@ -55,11 +55,9 @@ func (p *proc) rssKB() (int, error) {
 	return 0, fmt.Errorf("no VmRSS for pid %d", p.pid)
 }
 
-// cpuTime is the CPU time (user + system) the pooler process has used,
-// from /proc/<pid>/stat in clock ticks of 10 ms (USER_HZ is 100 on Linux).
 // runTime is the time the process's threads have spent on a CPU, to the
-// nanosecond (the sum of /proc/<pid>/task/*/schedstat), where cpuTime
-// counts 10 ms ticks.
+// nanosecond (the sum of /proc/<pid>/task/*/schedstat; /proc/<pid>/stat
+// counts only 10 ms ticks).
 func (p *proc) runTime() (time.Duration, error) {
 	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", p.pid))
 	if err != nil || len(files) == 0 {
@@ -82,29 +80,6 @@ func (p *proc) runTime() (time.Duration, error) {
 		sum += ns
 	}
 	return time.Duration(sum), nil
-}
-
-func (p *proc) cpuTime() (time.Duration, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces: count fields after it.
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("unreadable /proc/%d/stat", p.pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0, fmt.Errorf("short /proc/%d/stat", p.pid)
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("unreadable /proc/%d/stat", p.pid)
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
 func freePort() (int, error) {

@@ -190,7 +190,7 @@ type session struct {
 	batchClasses   []*router.Class
 	lastDone       time.Time
 	finished       []finishedStmt // timed, recorded once the client has its answer
-	outBytes       int64 // bytes forwarded to the client, not yet counted
+	outBytes       int64          // bytes forwarded to the client, not yet counted
 }
 
 // trackedSet is one session-level SET a client ran.

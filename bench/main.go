@@ -33,7 +33,7 @@ func main() {
 	case "failover":
 		err = onlyFailover(*pgshieldBin)
 	case "stats":
-		err = onlyStats(*duration, *rounds, *pgshieldBin)
+		err = onlyStats(*rounds, *pgshieldBin)
 	case "":
 		err = run(*duration, *rounds, *out, *pgshieldBin, *idle, *many)
 	default:
@@ -60,13 +60,13 @@ func onlyFailover(pgshieldBin string) error {
 	return f.err
 }
 
-func onlyStats(duration time.Duration, rounds int, pgshieldBin string) error {
+func onlyStats(rounds int, pgshieldBin string) error {
 	e, err := newEnv(context.Background())
 	if err != nil {
 		return err
 	}
 	defer e.close()
-	s := statsCost(e, pgshieldBin, duration, rounds)
+	s := statsCost(e, pgshieldBin, rounds)
 	fmt.Println(s.markdown())
 	return s.err
 }
@@ -197,7 +197,7 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN,
 			}
 		}
 	}
-	res.stats = statsCost(e, pgshieldBin, duration, rounds)
+	res.stats = statsCost(e, pgshieldBin, rounds)
 
 	say("%d concurrent clients", manyN)
 	res.manyShield = manyClients(e.shield.port, manyN)

@@ -100,7 +100,7 @@ type boundary struct {
 	recorded uint64
 }
 
-func statsCost(e *env, bin string, _ time.Duration, rounds int) statsResult {
+func statsCost(e *env, bin string, rounds int) statsResult {
 	res := statsResult{blocks: map[string][]statsBlock{}, runs: map[string]measure{}, nBlock: statsBlocks(rounds)}
 	say("statistics on versus off in one pgshield (SET disable_stats every %s, blocks of on, off, off, on), %d blocks per mode", statsPhase, res.nBlock)
 	p, err := startPgshield(e.dir, "stats", bin, e.pg, shieldOptions{})

@@ -120,7 +120,7 @@ func newFamily[T any, P local[T]](name, help string, labels ...string) *family[T
 // Local returns a new series of the label values, for one writer; it
 // counts until Release.
 func (f *family[T, P]) Local(labels ...string) *T {
-	key := strings.Join(labels, "\xff")
+	key := seriesKey(labels)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, ok := f.series[key]
@@ -133,6 +133,9 @@ func (f *family[T, P]) Local(labels ...string) *T {
 	f.owner[t] = s
 	return t
 }
+
+// seriesKey is the map key of a label set.
+func seriesKey(labels []string) string { return strings.Join(labels, "\xff") }
 
 // Release folds a local series into its label set's total; its writer
 // must be done with it. Releasing twice, or nil, does nothing.
@@ -187,7 +190,7 @@ func (f *family[T, P]) Sum(labels ...string) *T {
 	sum := new(T)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if s, ok := f.series[strings.Join(labels, "\xff")]; ok {
+	if s, ok := f.series[seriesKey(labels)]; ok {
 		return s.sum()
 	}
 	return sum

@@ -227,6 +227,9 @@ const maxFinished = 64
 // when it failed. It is recorded by recordFinished, after the client has
 // been sent its answer, so that the client does not wait for it.
 func (s *session) stmtDone(cl *router.Class, sent time.Time, srv *poolmgr.Conn, code string) {
+	if sent.IsZero() {
+		return // sent while statistics were off: not timed
+	}
 	now := time.Now()
 	start := sent
 	if s.lastDone.After(start) {
@@ -282,9 +285,6 @@ func (s *session) queryDone(srv *poolmgr.Conn) {
 	}
 	cl, sent, failed := h.class, h.sent, s.entryErr
 	s.mu.Unlock()
-	if sent.IsZero() { // sent while statistics were off
-		return
-	}
 	code := ""
 	if failed {
 		code = s.queryErr

@@ -214,9 +214,7 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 				s.queue.pop()
 			}
 			s.mu.Unlock()
-			if !sent.IsZero() {
-				s.stmtDone(done, sent, srv, "")
-			}
+			s.stmtDone(done, sent, srv, "")
 		case 'I', 's':
 			s.popIf('E')
 		case 'S':
@@ -300,9 +298,7 @@ func (s *session) serverError(srv *poolmgr.Conn, code []byte) *pgError {
 		s.skipping = true
 	}
 	s.mu.Unlock()
-	if !sent.IsZero() {
-		s.stmtDone(failed, sent, srv, string(code))
-	}
+	s.stmtDone(failed, sent, srv, string(code))
 	return replace
 }
 

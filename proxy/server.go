@@ -73,6 +73,8 @@ func New(cfg Config, pools Pools, topo *router.Topology, log *zap.Logger) (*Serv
 	s := &Server{log: log, pools: pools, topo: topo, sessions: make(map[uint32]*session), params: make(map[string]map[string]string),
 		waits: make(map[poolmgr.Key]*metrics.Latency), ended: make(map[[2]string]*Traffic),
 		paused: make(map[string]chan struct{}), reapStop: make(chan struct{})}
+	d := cfg.WithDefaults()
+	s.queryStats = metrics.NewQueryStats(d.QueryStatsSize, 200, d.SlowQueryThreshold, log.Named("slow"))
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
 	}
@@ -80,7 +82,6 @@ func New(cfg Config, pools Pools, topo *router.Topology, log *zap.Logger) (*Serv
 	if !cfg.DisableClassification {
 		s.classifier = router.New(router.Config{ParseCacheSize: cfg.ParseCacheSize})
 	}
-	s.queryStats = metrics.NewQueryStats(cfg.QueryStatsSize, 200, cfg.SlowQueryThreshold, log.Named("slow"))
 	s.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
 	return s, nil
 }
@@ -102,9 +103,7 @@ func (s *Server) Reload(cfg Config) error {
 	}
 	s.rt.Store(rt)
 	s.statsOff.Store(cfg.DisableStats)
-	if s.queryStats != nil { // nil during New
-		s.queryStats.SetThreshold(cfg.SlowQueryThreshold)
-	}
+	s.queryStats.SetThreshold(cfg.SlowQueryThreshold)
 	return nil
 }
 

@@ -356,7 +356,7 @@ func (s *session) forward(typ byte) error {
 			s.pinLocked(class.Pins)
 		}
 		e := expected{typ: typ, class: class}
-		if s.rec() != nil && (typ == 'Q' || typ == 'E' || typ == 'F') {
+		if (typ == 'Q' || typ == 'E' || typ == 'F') && s.rec() != nil {
 			e.sent = time.Now()
 			if s.batchStart.IsZero() {
 				s.batchStart = e.sent

@@ -228,7 +228,8 @@ const maxFinished = 64
 // been sent its answer, so that the client does not wait for it.
 func (s *session) stmtDone(cl *router.Class, sent time.Time, srv *poolmgr.Conn, code string) {
 	if sent.IsZero() {
-		return // sent while statistics were off: not timed
+		s.stmtRows = 0 // sent while statistics were off: not timed, and its rows are not the next one's
+		return
 	}
 	now := time.Now()
 	start := sent

@@ -396,3 +396,37 @@ func TestStatsToggle(t *testing.T) {
 		t.Errorf("after disable_stats is cleared: %d calls, want %d", n, before+4)
 	}
 }
+
+// The query statistics count the rows each statement returned or changed,
+// from its CommandComplete tag, in both protocols.
+func TestQueryStatsRows(t *testing.T) {
+	e := startProxy(t, nil)
+	ctx := ctxT(t)
+	d := direct(t)
+	if _, err := d.Exec(ctx, "drop table if exists qs_rows; create table qs_rows (id int); insert into qs_rows select generate_series(1, 3); grant all on qs_rows to public"); err != nil {
+		t.Fatal(err)
+	}
+	c := e.connect(t, "app", "")
+	for i := 0; i < 2; i++ {
+		if _, err := c.Exec(ctx, "update qs_rows set id = id", pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "select id from qs_rows where id > $1", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := func(prefix string) int64 {
+		for _, q := range e.srv.QueryStats().Top(0) {
+			if strings.HasPrefix(q.Query, prefix) && q.Calls == 2 {
+				return q.Rows
+			}
+		}
+		return -1
+	}
+	pollFor(t, "both statements recorded twice", 5*time.Second, func() bool {
+		return rows("update qs_rows") >= 0 && rows("select id from qs_rows") >= 0
+	})
+	if u, s := rows("update qs_rows"), rows("select id from qs_rows"); u != 6 || s != 6 {
+		t.Errorf("rows: update %d, select %d; want 6 and 6 (3 per call)", u, s)
+	}
+}

@@ -207,14 +207,17 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			}
 			var done *router.Class
 			var sent time.Time
+			executed := false
 			s.mu.Lock()
 			if h := s.queue.peek(); h != nil && h.typ == 'E' {
 				s.succeeded(h.class)
-				done, sent = h.class, h.sent
+				done, sent, executed = h.class, h.sent, true
 				s.queue.pop()
 			}
 			s.mu.Unlock()
-			s.stmtDone(done, sent, srv, "")
+			if executed { // a Query is timed at its ReadyForQuery
+				s.stmtDone(done, sent, srv, "")
+			}
 		case 'I', 's':
 			s.popIf('E')
 		case 'S':

@@ -211,28 +211,13 @@ func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys
 func (l *Live) Version() string { return "pgshield " + l.version }
 
 // Queries returns the top statements by total time.
-func (l *Live) Queries(n int) []metrics.QueryStat {
-	if qs := l.srv.QueryStats(); qs != nil {
-		return qs.Top(n)
-	}
-	return nil
-}
+func (l *Live) Queries(n int) []metrics.QueryStat { return l.srv.QueryStats().Top(n) }
 
 // SlowQueries returns the recent slow statements, newest first.
-func (l *Live) SlowQueries() []metrics.SlowQuery {
-	if qs := l.srv.QueryStats(); qs != nil {
-		return qs.Slow()
-	}
-	return nil
-}
+func (l *Live) SlowQueries() []metrics.SlowQuery { return l.srv.QueryStats().Slow() }
 
 // SlowThreshold is the slow-query threshold in force.
-func (l *Live) SlowThreshold() time.Duration {
-	if qs := l.srv.QueryStats(); qs != nil {
-		return qs.Threshold()
-	}
-	return l.srv.Settings().SlowQueryThreshold
-}
+func (l *Live) SlowThreshold() time.Duration { return l.srv.QueryStats().Threshold() }
 
 // Transactions lists the open transactions.
 func (l *Live) Transactions() []TransactionRow {

@@ -167,7 +167,8 @@ func (s *Server) WaitQuantiles(k poolmgr.Key) (p50, p95, p99 time.Duration) {
 	return l.Quantiles()
 }
 
-// QueryStats returns the per-fingerprint statistics (nil when off).
+// QueryStats returns the per-fingerprint statistics (never nil; while
+// disable_stats is set they do not change).
 func (s *Server) QueryStats() *metrics.QueryStats { return s.queryStats }
 
 // waited records how long the client waited for a server of backend.

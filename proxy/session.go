@@ -144,7 +144,7 @@ type session struct {
 	// written by the client goroutine, read by metrics scrapes.
 	lookups atomic.Uint64
 	// stats are the client's counters (insight.go); ins its metric
-	// handles, nil when statistics are off.
+	// series, nil without metrics (whether statistics are on is rec()).
 	stats sessionStats
 	ins   *instruments
 	// Transaction insight, for SHOW TRANSACTIONS and the transaction

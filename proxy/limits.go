@@ -132,9 +132,14 @@ func (s *session) terminate(pe *pgError) {
 	_ = s.conn.Close()
 }
 
-// Kill ends a client's session: at once if it is idle (its server, if it
-// holds one, is rolled back and returned), or by closing its server
-// connection if a statement is running (the server is not reused).
+// Kill ends a client's session. An idle client is told at once, and its
+// server, if it holds one, is rolled back and returned. A client with a
+// statement running has that statement cancelled on its server first, as
+// a cancel request from the client would; the statement's answer (its
+// error, or its result if it finished first) ends the session: the client
+// is told 57P01, and the server is rolled back and returned (or closed if
+// it is not at a safe point). A statement that does not yield to the
+// cancel within killWait has its server connection closed.
 func (s *Server) Kill(id uint32) error {
 	s.mu.Lock()
 	sess := s.sessions[id]
@@ -145,8 +150,19 @@ func (s *Server) Kill(id uint32) error {
 	msg := fatalf(codeAdminShutdown, "terminating connection due to administrator command (KILL on the pgshield admin console)")
 	sess.mu.Lock()
 	idle := sess.server == nil || (sess.queue.empty() && !sess.writing)
-	if idle && sess.server != nil {
+	if sess.server != nil {
 		sess.closing = true
+	}
+	if !idle {
+		sess.endMsg = msg
+		sess.ending.Store(true)
+		// Under the lock, as cancelRunning does, so the server cannot
+		// change hands meanwhile.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := sess.server.Cancel(ctx); err != nil {
+			sess.log.Warn("cancelling the statement of a killed client", zap.Error(err))
+		}
+		cancel()
 	}
 	sess.mu.Unlock()
 	sess.log.Info("client killed from the admin console", zap.Bool("idle", idle))
@@ -154,9 +170,17 @@ func (s *Server) Kill(id uint32) error {
 		sess.terminate(msg)
 		return nil
 	}
-	sess.forceClose(msg)
+	select {
+	case <-sess.gone:
+	case <-time.After(killWait):
+		sess.log.Warn("killed client's statement did not stop; closing its server connection", zap.Duration("waited", killWait))
+		sess.forceClose(msg)
+	}
 	return nil
 }
+
+// killWait bounds how long KILL waits for a cancelled statement to end.
+const killWait = 5 * time.Second
 
 // waitPaused holds a client that needs a server while its database is
 // paused, until RESUME or ctx ends.

@@ -102,6 +102,12 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 		s.outBytes += int64(wire.HeaderLen + r.Len())
 		switch typ {
 		case 'Z':
+			if s.ending.Load() {
+				// KILL cancelled what ran: the client is told it is
+				// disconnected instead of being ready for more.
+				s.endAtReady(srv, r, cw)
+				return false
+			}
 			if s.replaying {
 				if s.replay(srv) {
 					continue
@@ -132,6 +138,10 @@ func (s *session) pumpLoop(srv *poolmgr.Conn, cw *bufio.Writer, inline bool) (ha
 			s.stats.bytesOut.add(s.outBytes)
 			s.outBytes = 0
 			if s.readyForQuery(srv, status) {
+				if s.ending.Load() {
+					// KILL came between the check above and here.
+					s.tellEnd(cw)
+				}
 				return false
 			}
 			if inline {
@@ -276,6 +286,11 @@ func (s *session) serverError(srv *poolmgr.Conn, code []byte) *pgError {
 	}
 	replace := h.replaceErr
 	h.replaceErr = nil
+	if s.ending.Load() && !s.endSent {
+		// The statement KILL cancelled: its error is the client's last
+		// message (see endAtReady).
+		replace, s.endSent = s.endMsg, true
+	}
 	if replace == nil && s.txExpired && string(code) == codeQueryCanceled {
 		// Cancelled by the proxy for transaction_timeout (limits.go).
 		replace = s.txTimeoutErr()
@@ -363,10 +378,16 @@ func (s *session) pumpFailed(srv *poolmgr.Conn, cw *bufio.Writer, err error, atB
 	s.mu.Lock()
 	s.pumpRunning = false
 	if s.closing {
-		// close() woke us; it decides what happens to srv.
+		// close() or forceClose woke us; close decides what happens to
+		// srv. A session being ended (forceClose) is told why here, as
+		// only the pump may write to the client now.
 		s.pumpClean = atBoundary
 		s.idle.Broadcast()
+		ended := s.endMsg != nil
 		s.mu.Unlock()
+		if ended {
+			s.tellEnd(cw)
+		}
 		return
 	}
 	s.closing = true
@@ -390,6 +411,26 @@ func (s *session) pumpFailed(srv *poolmgr.Conn, cw *bufio.Writer, err error, atB
 	_ = cw.Flush()
 	s.srv.putWriter(cw)
 	_ = s.conn.Close()
+}
+
+// endAtReady ends a session KILL cancelled, at the ReadyForQuery that
+// answers its cancelled (or just finished) statement, in place of
+// forwarding it: the server is at a safe point if nothing else is
+// outstanding, and close() rolls back what the server still has open.
+func (s *session) endAtReady(srv *poolmgr.Conn, r *wire.Reader, cw *bufio.Writer) {
+	body, err := r.Body()
+	s.recordFinished()
+	s.mu.Lock()
+	s.queue.pop()
+	if err == nil && len(body) == 1 {
+		s.txStatus = body[0]
+	}
+	s.closing = true
+	s.pumpRunning = false
+	s.pumpClean = err == nil && len(body) == 1 && s.queue.empty() && srv == s.server
+	s.idle.Broadcast()
+	s.mu.Unlock()
+	s.tellEnd(cw)
 }
 
 var errMalformedServer = &pgError{severity: "FATAL", code: codeProtocolViolation, message: "malformed message from server"}

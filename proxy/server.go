@@ -269,7 +269,7 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 		srv: s, conn: sc.nc, br: sc.br, r: sc.r,
 		user: userName, database: database, service: service, mode: svc.PoolMode,
 		settings: settings, connectedAt: time.Now(), txStatus: 'I',
-		remote: sc.nc.RemoteAddr().String(), tls: sc.isTLS,
+		remote: sc.nc.RemoteAddr().String(), tls: sc.isTLS, gone: make(chan struct{}),
 	}
 	sess.ctx, sess.cancel = context.WithCancel(context.Background())
 	sess.idle.L = &sess.mu

@@ -137,6 +137,17 @@ type session struct {
 	pumpRunning     bool
 	cw              *bufio.Writer // toward the client, lent to the pump
 	closing         bool          // the session is ending; the pump must not release
+	// endMsg is why the session is being ended (KILL, the shutdown
+	// deadline): whoever writes to the client last tells it, once
+	// (endSent). ending is set, under mu, when KILL has cancelled a
+	// running statement: its answer ends the session instead of a
+	// ReadyForQuery (read without the lock by the pump at ReadyForQuery).
+	endMsg  *pgError
+	endSent bool
+	ending  atomic.Bool
+	// gone is closed once the session has ended and its server is back
+	// or closed.
+	gone chan struct{}
 	draining        bool          // end the session at the next safe point
 	settingsSQL     string        // startup settings and tracked SETs, replayed on attach
 	settingsKey     string        // identifies settingsSQL; servers record what they have
@@ -688,6 +699,10 @@ func (s *session) cancelRunning() {
 // close ends the session: the server connection goes back clean (rolled
 // back, and reset in session mode) or is closed.
 func (s *session) close() {
+	// Only the client goroutine (or a failed login) closes a session, once.
+	if s.gone != nil {
+		defer close(s.gone)
+	}
 	s.mu.Lock()
 	s.closing = true
 	srv, done := s.server, s.pumpDone
@@ -778,21 +793,54 @@ func (s *session) stop() {
 }
 
 // forceClose closes the client connection (and wakes the pump) whatever it
-// is doing, telling the client msg if nobody else is writing to it; used
-// when the shutdown deadline has passed and by KILL.
+// is doing, telling the client msg; used when the shutdown deadline has
+// passed and by KILL. While a pump writes to the client, the pump tells it
+// (pumpFailed) and closes the connection; a client that does not read its
+// answers is closed regardless after endGrace.
 func (s *session) forceClose(msg *pgError) {
 	s.stop()
 	s.mu.Lock()
 	s.closing = true
+	if s.endMsg == nil {
+		s.endMsg = msg
+	}
 	if s.server != nil {
 		_ = s.server.NetConn().SetReadDeadline(time.Now())
 	}
 	pumping := s.pumpRunning
-	s.mu.Unlock()
+	told := s.endSent
 	if !pumping {
-		// Nobody else is writing to the client: say why it ends.
-		_ = s.writeDirect(msg.response())
+		s.endSent = true
 	}
+	s.mu.Unlock()
+	if pumping {
+		_ = s.conn.SetWriteDeadline(time.Now().Add(endGrace))
+		time.AfterFunc(endGrace, func() { _ = s.conn.Close() })
+		return
+	}
+	if !told {
+		_ = s.writeDirect(s.endMsg.response())
+	}
+	_ = s.conn.Close()
+}
+
+// endGrace is how long a pump has to tell a client why it is being closed.
+const endGrace = time.Second
+
+// tellEnd gives the client the reason its session ends, unless it had it,
+// and closes the connection. Only the goroutine running the pump calls it,
+// with cw the writer toward the client.
+func (s *session) tellEnd(cw *bufio.Writer) {
+	s.mu.Lock()
+	msg, told := s.endMsg, s.endSent
+	s.endSent = true
+	s.mu.Unlock()
+	if msg != nil && !told {
+		if buf, err := msg.response().Encode(cw.AvailableBuffer()); err == nil {
+			_, _ = cw.Write(buf)
+		}
+	}
+	_ = cw.Flush()
 	_ = s.conn.Close()
 }
 

@@ -137,6 +137,9 @@ type session struct {
 	pumpRunning     bool
 	cw              *bufio.Writer // toward the client, lent to the pump
 	closing         bool          // the session is ending; the pump must not release
+	draining        bool          // end the session at the next safe point
+	settingsSQL     string        // startup settings and tracked SETs, replayed on attach
+	settingsKey     string        // identifies settingsSQL; servers record what they have
 	// endMsg is why the session is being ended (KILL, the shutdown
 	// deadline): whoever writes to the client last tells it, once
 	// (endSent). ending is set, under mu, when KILL has cancelled a
@@ -146,11 +149,8 @@ type session struct {
 	endSent bool
 	ending  atomic.Bool
 	// gone is closed once the session has ended and its server is back
-	// or closed.
+	// or closed (not guarded: set at login, closed by close).
 	gone chan struct{}
-	draining        bool          // end the session at the next safe point
-	settingsSQL     string        // startup settings and tracked SETs, replayed on attach
-	settingsKey     string        // identifies settingsSQL; servers record what they have
 	// lookups counts the client's classifications (parse cache lookups);
 	// written by the client goroutine, read by metrics scrapes.
 	lookups atomic.Uint64

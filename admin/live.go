@@ -161,7 +161,7 @@ func (l *Live) Config() [][2]string {
 	add("client_login_timeout", pc.ClientLoginTimeout)
 	add("shutdown_timeout", pc.ShutdownTimeout)
 	add("max_prepared_statements", pc.MaxPreparedStatements)
-	add("max_retries", pc.MaxRetries)
+	add("max_retries", max(pc.MaxRetries, 0)) // negative: never
 	add("long_transaction_threshold", pc.LongTransactionThreshold)
 	add("slow_query_threshold", l.SlowThreshold())
 	add("query_stats_size", pc.QueryStatsSize)
@@ -186,6 +186,14 @@ func (l *Live) Config() [][2]string {
 		add(p+"transaction_timeout", s.TransactionTimeout)
 		add(p+"idle_in_transaction_timeout", s.IdleInTransactionTimeout)
 	}
+	rc := l.topo.Config()
+	add("routing.lag_check_interval", rc.LagCheckInterval)
+	add("routing.max_replica_lag", rc.MaxReplicaLag)
+	add("routing.max_replica_lag_bytes", rc.MaxReplicaLagBytes)
+	add("routing.read_your_writes", rc.ReadYourWrites)
+	add("routing.read_your_writes_window", rc.ReadYourWritesWindow)
+	add("routing.failover", rc.Failover)
+	add("routing.failover_after", rc.FailoverAfter)
 	for _, name := range sortedKeys(mc.Databases) {
 		d := mc.Databases[name]
 		p := "databases." + name + "."
@@ -285,6 +293,10 @@ func (l *Live) Kill(id uint32) error { return controlError(l.srv.Kill(id)) }
 // Readmit lets a fenced backend serve again.
 func (l *Live) Readmit(database, backend string) error {
 	if err := l.topo.Readmit(database, backend); err != nil {
+		if errors.Is(err, router.ErrNotFenced) {
+			return &Error{Code: CodeObjectNotInPrerequisiteState, Message: err.Error(),
+				Hint: "only a backend SHOW BACKENDS lists as fenced can be readmitted"}
+		}
 		return &Error{Code: CodeInvalidParameterValue, Message: err.Error(), Hint: "SHOW BACKENDS lists each database's backends"}
 	}
 	return nil

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/xdg-go/scram"
+
+	"github.com/pgshield/pgshield/router"
 )
 
 // Auth methods for clients.
@@ -141,6 +143,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.QueryStatsSize == 0 {
 		c.QueryStatsSize = DefaultQueryStatsSize
+	}
+	if c.ParseCacheSize <= 0 {
+		c.ParseCacheSize = router.DefaultParseCacheSize
 	}
 	return c
 }

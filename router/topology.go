@@ -38,6 +38,9 @@ var ErrFailingOver = errors.New("the primary is down and failover has not comple
 // ErrUnknownDatabase: the database is not part of the topology.
 var ErrUnknownDatabase = errors.New("unknown database")
 
+// ErrNotFenced: Readmit of a backend that is in service already.
+var ErrNotFenced = errors.New("backend is not fenced")
+
 // TopologyConfig configures health checking, replica selection and
 // failover. Zero fields take the defaults of WithDefaults.
 type TopologyConfig struct {
@@ -513,6 +516,10 @@ func (t *Topology) emit(events []Event) {
 	}
 }
 
+// Config is the configuration in force (fixed at start: routing changes
+// need a restart), defaults filled in.
+func (t *Topology) Config() TopologyConfig { return t.cfg }
+
 // Readmit puts a fenced backend back in service (an operator has made sure
 // it is a replica of the current primary, or the primary again).
 func (t *Topology) Readmit(database, addr string) error {
@@ -524,6 +531,9 @@ func (t *Topology) Readmit(database, addr string) error {
 	}
 	for _, n := range st.nodes {
 		if n.addr == addr {
+			if !n.fenced {
+				return fmt.Errorf("%w: %s of database %q is in service", ErrNotFenced, addr, database)
+			}
 			n.fenced = false
 			t.publishLocked()
 			return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgshield/pgshield/internal/pgcluster"
 )
@@ -122,6 +124,32 @@ services:
 	if out, err := a.run("app", "one", "SHOW POOLS"); err == nil || !strings.Contains(out, "not a pgshield admin") {
 		t.Errorf("non-admin: %v %s", err, out)
 	}
+
+	// SHOW CONFIG shows the values in force, defaults filled in.
+	config := map[string]string{}
+	for _, r := range a.table("SHOW CONFIG") {
+		config[r["key"]] = r["value"]
+	}
+	for k, want := range map[string]string{
+		"parse_cache_size": "10000", "query_stats_size": "5000", "max_retries": "3", "pool.wait_timeout": "30s",
+		"routing.max_replica_lag": "10s", "routing.failover": "none", "services.analytics.min_connections": "2",
+	} {
+		if config[k] != want {
+			t.Errorf("SHOW CONFIG %s = %q, want %q (the value in force)", k, config[k], want)
+		}
+	}
+	// READMIT of a backend that is in service is refused with 55000.
+	host, port, _ := net.SplitHostPort(adminAddr)
+	ac, err := pgconn.Connect(ctx, fmt.Sprintf("host=%s port=%s user=admin password=secret dbname=pgshield sslmode=disable", host, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ac.Exec(ctx, "READMIT app "+pg.Addr()).ReadAll()
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "55000" {
+		t.Errorf("READMIT of a backend that is not fenced: %v, want SQLSTATE 55000", err)
+	}
+	_ = ac.Close(ctx)
 
 	conn := func() *pgx.Conn { return connectApp(ctx, t, addr) }
 	apiStat := func(col string) int {

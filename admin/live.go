@@ -182,6 +182,7 @@ func (l *Live) Config() [][2]string {
 		add(p+"pool_mode", s.PoolMode)
 		add(p+"max_connections", s.MaxConnections)
 		add(p+"min_connections", s.MinConnections)
+		add(p+"min_on_demand", s.MinOnDemand) // not in the file: the minimum opens once a client uses the service
 		add(p+"reads", orDefault(s.Reads, "replica"))
 		add(p+"transaction_timeout", s.TransactionTimeout)
 		add(p+"idle_in_transaction_timeout", s.IdleInTransactionTimeout)
@@ -381,6 +382,9 @@ func (l *Live) Set(name, value string) error {
 	case "max_retries":
 		if pc.MaxRetries, err = num(); err != nil {
 			return err
+		}
+		if pc.MaxRetries == 0 {
+			pc.MaxRetries = -1 // never, as in the file (the proxy reads 0 as its default)
 		}
 		return applyProxy()
 	case "disable_stats":

@@ -38,6 +38,11 @@ type ServiceConfig struct {
 	// stays idle inside a transaction longer; its server connection is
 	// rolled back and goes back to the pool. 0: no limit.
 	IdleInTransactionTimeout time.Duration `yaml:"idle_in_transaction_timeout"`
+	// MinOnDemand: the service's pools keep their minimum only once a
+	// client of the service has used them. WithDefaults sets it for the
+	// default services a configuration does not name, so services nobody
+	// configured open no server connections until somebody uses them.
+	MinOnDemand bool `yaml:"-"`
 }
 
 // ServerTLS configures TLS toward PostgreSQL.
@@ -123,11 +128,18 @@ func DefaultSettings() Settings {
 func (c Config) WithDefaults() Config {
 	out := c
 	out.Services = DefaultServices()
+	for name, svc := range out.Services {
+		if _, named := c.Services[name]; !named {
+			svc.MinOnDemand = true
+			out.Services[name] = svc
+		}
+	}
 	for name, svc := range c.Services {
 		base, ok := out.Services[name]
 		if !ok {
 			base = ServiceConfig{MaxConnections: 10, PoolMode: ModeTransaction}
 		}
+		base.MinOnDemand = svc.MinOnDemand
 		if svc.MaxConnections != 0 {
 			base.MaxConnections = svc.MaxConnections
 		}

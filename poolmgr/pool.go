@@ -61,10 +61,14 @@ type Stat struct {
 type Manager struct {
 	log *zap.Logger
 
-	mu     sync.Mutex // guards cfg, pools and closed
+	mu     sync.Mutex // guards cfg, pools, used and closed
 	cfg    Config
 	pools  map[Key]*pool
 	closed bool
+	// used are the (service, database) pairs clients have acquired from,
+	// so that pools rebuilt by a reload or failover keep their minimum
+	// (see ServiceConfig.MinOnDemand).
+	used map[[2]string]bool
 
 	cfgSettings atomic.Pointer[Settings]
 	stop        context.CancelFunc
@@ -90,6 +94,7 @@ type pool struct {
 	waiting     atomic.Int64
 	waitTimeout atomic.Int64
 	dialErrors  atomic.Int64
+	used        atomic.Bool // a client acquired from it (or its predecessor)
 }
 
 // New builds a Manager from cfg, which must have passed Validate. Call Start
@@ -98,7 +103,7 @@ func New(cfg Config, log *zap.Logger) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	m := &Manager{log: log, cfg: cfg, pools: make(map[Key]*pool),
+	m := &Manager{log: log, cfg: cfg, pools: make(map[Key]*pool), used: make(map[[2]string]bool),
 		backends: make(map[string]*backend), monitors: make(map[Key]*Conn), primaries: make(map[string]string)}
 	s := cfg.Pool
 	m.cfgSettings.Store(&s)
@@ -164,6 +169,9 @@ func (m *Manager) Acquire(ctx context.Context, service, database, backend string
 	if err != nil {
 		return nil, err
 	}
+	if !p.used.Load() { // read-only after the first acquire: no shared write per acquire
+		m.markUsed(p)
+	}
 	s := m.settings()
 	// Fast path: an idle connection, without arming a wait timer (nor
 	// reading the clock).
@@ -199,6 +207,15 @@ func (m *Manager) Acquire(ctx context.Context, service, database, backend string
 			return c, nil
 		}
 	}
+}
+
+// markUsed records that a client used p's service on p's database: its
+// pools keep their minimum from now on.
+func (m *Manager) markUsed(p *pool) {
+	m.mu.Lock()
+	m.used[[2]string{p.key.Service, p.key.Database}] = true
+	m.mu.Unlock()
+	p.used.Store(true)
 }
 
 // checkout vets an acquired connection: past its lifetime, or idle longer
@@ -262,6 +279,7 @@ func (m *Manager) pool(service, database, backend string) (*pool, error) {
 
 func (m *Manager) newPoolLocked(key Key, db DatabaseConfig, svc ServiceConfig) (*pool, error) {
 	p := &pool{mgr: m, key: key, db: db, svc: svc}
+	p.used.Store(m.used[[2]string{key.Service, key.Database}])
 	pp, err := puddle.NewPool(&puddle.Config[*Conn]{
 		Constructor: func(ctx context.Context) (*Conn, error) {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.settings().ConnectTimeout)
@@ -345,7 +363,8 @@ func (m *Manager) maintain(ctx context.Context) {
 	for _, p := range pools {
 		// Only primary pools keep a minimum; replica pools (and those of a
 		// former primary) open on demand and shrink when idle.
-		keepMin := p.key.Backend == m.primaryOf(p.key.Database)
+		// A service nobody configured keeps none until a client uses it.
+		keepMin := p.key.Backend == m.primaryOf(p.key.Database) && (!p.svc.MinOnDemand || p.used.Load())
 		if m.Breaker(p.key.Backend) == BreakerOpen {
 			continue // nothing to open, and idle ones were closed
 		}

@@ -261,3 +261,28 @@ func TestAcquireReportsWait(t *testing.T) {
 		t.Errorf("waited for a connection held %s, yet Waited = %s", held, w.Waited)
 	}
 }
+
+// The default services a configuration does not name open no server
+// connections until a client uses them; then they keep their minimum.
+// Services the configuration names keep theirs from the start.
+func TestUnconfiguredServicesOpenOnDemand(t *testing.T) {
+	m := newManager(t, testConfig(4, 2, Settings{IdleTimeout: 400 * time.Millisecond}))
+	if s := stat(m, "svc"); s.Idle+s.Active != 2 {
+		t.Errorf("configured service: %d connections after Start, want its minimum 2", s.Idle+s.Active)
+	}
+	time.Sleep(300 * time.Millisecond) // a few maintenance rounds
+	for _, name := range []string{ServiceAPI, ServiceDataService, ServiceBackgroundJobs, ServiceAnalytics, ServiceBatchOperations} {
+		if s := stat(m, name); s.Idle+s.Active+s.Opening != 0 {
+			t.Errorf("%s, not in the configuration and unused: %d connections, want 0", name, s.Idle+s.Active+s.Opening)
+		}
+	}
+	c, err := m.Acquire(context.Background(), ServiceAnalytics, "db", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release()
+	eventually(t, "analytics to keep its minimum once used", func() bool { return stat(m, ServiceAnalytics).Idle == 2 })
+	if s := stat(m, ServiceBatchOperations); s.Idle != 0 {
+		t.Errorf("batch-operations, still unused: %d idle connections, want 0", s.Idle)
+	}
+}

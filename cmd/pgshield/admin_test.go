@@ -133,6 +133,7 @@ services:
 	for k, want := range map[string]string{
 		"parse_cache_size": "10000", "query_stats_size": "5000", "max_retries": "3", "pool.wait_timeout": "30s",
 		"routing.max_replica_lag": "10s", "routing.failover": "none", "services.analytics.min_connections": "2",
+		"services.analytics.min_on_demand": "true", "services.api.min_on_demand": "false",
 	} {
 		if config[k] != want {
 			t.Errorf("SHOW CONFIG %s = %q, want %q (the value in force)", k, config[k], want)

@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"sort"
+	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -48,22 +51,60 @@ func Load(path string) (*File, error) {
 	}
 	f, err := Parse(data)
 	if err != nil {
+		// With several problems, the file name gets a line of its own so
+		// that each problem stays one line.
+		if j, ok := err.(interface{ Unwrap() []error }); ok && len(j.Unwrap()) > 1 {
+			return nil, fmt.Errorf("%s:\n%w", path, err)
+		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return f, nil
 }
 
 // Parse decodes, defaults and validates a configuration. Unknown keys are
-// errors, so a typo is not silently ignored.
+// errors, so a typo is not silently ignored. Every error names the key as
+// written in the file, with its line.
 func Parse(data []byte) (*File, error) {
+	var doc yaml.Node
+	// An empty document is an empty configuration, which then fails
+	// validation with a clear message rather than "EOF".
+	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("not valid YAML: %w", err)
+	}
+	w := newWalker()
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
+		w.value(doc.Content[0], reflect.TypeFor[File](), place{})
+	}
+	if err := errors.Join(w.problems...); err != nil {
+		return nil, err
+	}
+
 	var f File
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	// An empty document is an empty configuration, which then fails
-	// validation with a clear message rather than "EOF".
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		// The walk above accepts only what this decode accepts; this is a
+		// safety net.
+		return nil, fmt.Errorf("decoding the configuration: %w", err)
+	}
+	// A shallow copy suffices: the defaulting returns new values and
+	// builds new maps rather than changing the decoded ones.
+	raw := f
+	f.applyDefaults()
+	errs := explicitZeros(w.leaves, &raw, &f)
+	if err := f.Validate(); err != nil {
+		errs = append(errs, w.withLines(err)...)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	return &f, nil
+}
+
+// applyDefaults fills what the file leaves unset. The packages' defaulting
+// reads a zero as unset; explicitZeros then tells the zeros the file gave
+// from those it did not.
+func (f *File) applyDefaults() {
 	f.Proxy = f.Proxy.WithDefaults()
 	f.Pools = f.Pools.WithDefaults()
 	f.Routing = f.Routing.WithDefaults()
@@ -79,10 +120,64 @@ func Parse(data []byte) (*File, error) {
 	if f.Log.Format == "" {
 		f.Log.Format = "json"
 	}
-	if err := f.Validate(); err != nil {
-		return nil, err
+}
+
+// explicitZeros makes presence in the file, not the zero value, mean "set"
+// for numbers: for each number given as 0 that defaulting replaced (so its
+// default is not 0), the zero is kept where it means something, and is an
+// error elsewhere, rather than silently becoming the default. raw is the
+// file as decoded, f the same after applyDefaults; f is corrected in place.
+func explicitZeros(leaves []leaf, raw, f *File) []error {
+	rv, fv := reflect.ValueOf(raw).Elem(), reflect.ValueOf(f).Elem()
+	var errs []error
+	for _, l := range leaves {
+		given, now := l.lookup(rv), l.lookup(fv)
+		if !given.IsValid() || !now.IsValid() || !isNumber(given.Kind()) || !given.IsZero() || now.IsZero() {
+			continue
+		}
+		switch l.pattern {
+		case "services.*.min_connections":
+			// No warm connections. poolmgr reads 0 as "the default", and
+			// lowers a default min to a smaller max, both undone here.
+			name := l.keys[0]
+			svc := f.Pools.Services[name]
+			svc.MinConnections = 0
+			f.Pools.Services[name] = svc
+		case "max_retries":
+			// The proxy's "never" is negative; its 0 is "the default".
+			f.Proxy.MaxRetries = -1
+		default:
+			errs = append(errs, &problem{path: l.path, line: l.line,
+				msg: fmt.Sprintf("must be positive, not %s; remove the key for the default %s", show(given), show(now))})
+		}
 	}
-	return &f, nil
+	return errs
+}
+
+func isNumber(k reflect.Kind) bool {
+	switch k {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64:
+		return true
+	}
+	return false
+}
+
+// show writes a value as the file would: durations as 30s or 1h, not
+// 1h0m0s.
+func show(v reflect.Value) string {
+	if isDuration(v.Type()) {
+		s := time.Duration(v.Int()).String()
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		if strings.HasSuffix(s, "h0m") {
+			s = strings.TrimSuffix(s, "0m")
+		}
+		return s
+	}
+	return fmt.Sprint(v.Interface())
 }
 
 // Validate checks every part and reports all problems at once.

@@ -38,11 +38,16 @@ type AlertConfig struct {
 	LatencyP95           time.Duration // p95 of database_query_duration_seconds above this
 	LatencyP99           time.Duration
 	SlowQueriesPerMinute float64 // rate of database_slow_queries_total above this
-	CacheHitRatio        float64 // database_cache_hit_ratio below this
-	RollbackRatio        float64 // rollbacks / transactions above this
-	ReplicaLag           time.Duration
-	LongTransactions     int // pgshield_long_transactions above this
-	Deadlocks            int // deadlocks in DeadlockWindow above this
+	CacheHitRatio        float64 // block hits / block reads over Window below this
+	RollbackRatio        float64 // rollbacks / transactions over Window above this
+	// A ratio counts only over a window with at least this much traffic,
+	// so that a cold start (a bulk load right after startup) or a single
+	// rolled-back transaction does not raise an alert.
+	CacheHitMinBlocks       float64 // block reads (hits and misses)
+	RollbackMinTransactions float64
+	ReplicaLag              time.Duration
+	LongTransactions        int // pgshield_long_transactions above this
+	Deadlocks               int // deadlocks in DeadlockWindow above this
 
 	Window         time.Duration // of rates and quantiles
 	DeadlockWindow time.Duration
@@ -51,15 +56,17 @@ type AlertConfig struct {
 // DefaultAlertConfig is the thresholds of database-alerts.yml.
 func DefaultAlertConfig() AlertConfig {
 	return AlertConfig{
-		PoolUtilization:      0.7,
-		LatencyP95:           100 * time.Millisecond,
-		LatencyP99:           500 * time.Millisecond,
-		SlowQueriesPerMinute: 5,
-		CacheHitRatio:        0.99,
-		RollbackRatio:        0.1,
-		ReplicaLag:           10 * time.Second,
-		Window:               5 * time.Minute,
-		DeadlockWindow:       10 * time.Minute,
+		PoolUtilization:         0.7,
+		LatencyP95:              100 * time.Millisecond,
+		LatencyP99:              500 * time.Millisecond,
+		SlowQueriesPerMinute:    5,
+		CacheHitRatio:           0.99,
+		RollbackRatio:           0.1,
+		CacheHitMinBlocks:       10000,
+		RollbackMinTransactions: 100,
+		ReplicaLag:              10 * time.Second,
+		Window:                  5 * time.Minute,
+		DeadlockWindow:          10 * time.Minute,
 	}
 }
 
@@ -82,6 +89,12 @@ func (c AlertConfig) withDefaults() AlertConfig {
 	}
 	if c.RollbackRatio <= 0 {
 		c.RollbackRatio = d.RollbackRatio
+	}
+	if c.CacheHitMinBlocks <= 0 {
+		c.CacheHitMinBlocks = d.CacheHitMinBlocks
+	}
+	if c.RollbackMinTransactions <= 0 {
+		c.RollbackMinTransactions = d.RollbackMinTransactions
 	}
 	if c.ReplicaLag <= 0 {
 		c.ReplicaLag = d.ReplicaLag
@@ -115,6 +128,8 @@ type alertSample struct {
 	txAll      map[pairKey]float64
 	txRollback map[pairKey]float64
 	latency    map[pairKey][]float64 // aligned to Alerter.bounds, +Inf last
+	blksHit    map[string]float64    // by database
+	blksRead   map[string]float64
 }
 
 func newAlertSample() alertSample {
@@ -124,6 +139,8 @@ func newAlertSample() alertSample {
 		txAll:      map[pairKey]float64{},
 		txRollback: map[pairKey]float64{},
 		latency:    map[pairKey][]float64{},
+		blksHit:    map[string]float64{},
+		blksRead:   map[string]float64{},
 	}
 }
 
@@ -134,6 +151,8 @@ func (s *alertSample) reset(at time.Time) {
 	clear(s.txAll)
 	clear(s.txRollback)
 	clear(s.latency)
+	clear(s.blksHit)
+	clear(s.blksRead)
 }
 
 // gaugeState is the gauges of the latest gather; they are never kept.
@@ -143,7 +162,6 @@ type gaugeState struct {
 	lag         map[string]*backendInfo
 	breaker     map[string]float64
 	longTx      map[pairKey]float64
-	hitRatio    map[string]float64
 }
 
 type poolKey struct{ service, database, backend string }
@@ -158,7 +176,7 @@ func newGaugeState() gaugeState {
 	return gaugeState{
 		active: map[poolKey]float64{}, max: map[poolKey]float64{},
 		down: map[string]*backendInfo{}, lag: map[string]*backendInfo{},
-		breaker: map[string]float64{}, longTx: map[pairKey]float64{}, hitRatio: map[string]float64{},
+		breaker: map[string]float64{}, longTx: map[pairKey]float64{},
 	}
 }
 
@@ -350,8 +368,10 @@ func (a *Alerter) extractLocked(mf *dto.MetricFamily, s *alertSample, g *gaugeSt
 			g.breaker[dtoLabel(m, "backend")] = dtoGauge(m)
 		case "pgshield_long_transactions":
 			g.longTx[pairOfMetric(m)] += dtoGauge(m)
-		case "database_cache_hit_ratio":
-			g.hitRatio[dtoLabel(m, "database")] = dtoGauge(m)
+		case "database_blocks_hit_total":
+			s.blksHit[dtoLabel(m, "database")] += m.GetCounter().GetValue()
+		case "database_blocks_read_total":
+			s.blksRead[dtoLabel(m, "database")] += m.GetCounter().GetValue()
 		}
 	}
 }
@@ -514,8 +534,8 @@ func (a *Alerter) evaluateLocked(cur *alertSample, g *gaugeState) []Alert {
 
 		for k, v := range cur.txAll {
 			all := counterIncrease(v, base.txAll[k])
-			if all <= 0 {
-				continue
+			if all < c.RollbackMinTransactions {
+				continue // too few to tell a rate from chance
 			}
 			rb := counterIncrease(cur.txRollback[k], base.txRollback[k])
 			if r := rb / all; r > c.RollbackRatio {
@@ -536,11 +556,18 @@ func (a *Alerter) evaluateLocked(cur *alertSample, g *gaugeState) []Alert {
 		}
 	}
 
-	for db, r := range g.hitRatio {
-		if r < c.CacheHitRatio {
-			add(AlertCacheHitRatioLow, SeverityWarning, db, r, c.CacheHitRatio,
-				fmt.Sprintf("Only %s of block reads in database %s hit shared buffers (threshold %s), so its working set may no longer fit in memory; SHOW HEALTH shows the ratio and SHOW TABLES the tables read by sequential scans.",
-					fmtPercent(r), db, fmtPercent(c.CacheHitRatio)))
+	if base := a.baselineLocked(cur.at, c.Window); base != nil {
+		for db, hit := range cur.blksHit {
+			hits := counterIncrease(hit, base.blksHit[db])
+			all := hits + counterIncrease(cur.blksRead[db], base.blksRead[db])
+			if all < c.CacheHitMinBlocks {
+				continue // too little traffic for the ratio to mean anything
+			}
+			if r := hits / all; r < c.CacheHitRatio {
+				add(AlertCacheHitRatioLow, SeverityWarning, db, r, c.CacheHitRatio,
+					fmt.Sprintf("Only %s of the %.0f block reads in database %s over the last %s hit shared buffers (threshold %s), so its working set may no longer fit in memory; SHOW HEALTH shows the ratio since the statistics were reset and SHOW TABLES the tables read by sequential scans.",
+						fmtPercent(r), all, db, win, fmtPercent(c.CacheHitRatio)))
+			}
 		}
 	}
 

@@ -258,15 +258,21 @@ func TestAlertSlowQueries(t *testing.T) {
 
 func TestAlertRollbackRatio(t *testing.T) {
 	a, m, _, clk := newTestAlerter(t)
-	m.Transactions.Local("api", "leads", "commit").Add(8)
-	m.Transactions.Local("api", "leads", "rollback").Add(2)
-	m.Transactions.Local("analytics", "leads", "commit").Add(10)
+	m.Transactions.Local("api", "leads", "commit").Add(160)
+	m.Transactions.Local("api", "leads", "rollback").Add(40)
+	m.Transactions.Local("analytics", "leads", "commit").Add(200)
 	m.Transactions.Local("analytics", "leads", "rollback")
+	// Below the minimum of transactions a ratio does not count.
+	m.Transactions.Local("batch-operations", "leads", "commit").Add(8)
+	m.Transactions.Local("batch-operations", "leads", "rollback").Add(2)
 	clk.advance(time.Minute)
 	alerts := a.Firing()
 	expectAlert(t, alerts, AlertRollbackRateHigh, "api/leads", SeverityWarning, 0.2, 0.1)
 	if findAlert(alerts, AlertRollbackRateHigh, "analytics/leads") != nil {
-		t.Errorf("0 rollbacks of 10 fires: %+v", alerts)
+		t.Errorf("0 rollbacks of 200 fires: %+v", alerts)
+	}
+	if findAlert(alerts, AlertRollbackRateHigh, "batch-operations/leads") != nil {
+		t.Errorf("2 rollbacks of 10 transactions fire: %+v", alerts)
 	}
 }
 
@@ -294,6 +300,45 @@ func TestAlertDeadlocks(t *testing.T) {
 	}
 }
 
+// The cache hit ratio is taken over the window, and only once the window
+// holds enough block reads: a bulk load right after startup reads its
+// blocks from disk without the working set being too large.
+func TestAlertCacheHitRatio(t *testing.T) {
+	a, _, src, clk := newTestAlerter(t)
+	var leadsHit, leadsRead, billingHit, billingRead uint64
+	tick := func(dHit, dRead uint64) {
+		leadsHit, leadsRead = leadsHit+dHit, leadsRead+dRead
+		billingHit, billingRead = billingHit+99_900, billingRead+100
+		src.set(func(s *stateSource) {
+			s.dbs = []DatabaseSample{
+				{Database: "leads", BlocksHit: leadsHit, BlocksRead: leadsRead},
+				{Database: "billing", BlocksHit: billingHit, BlocksRead: billingRead},
+			}
+		})
+		clk.advance(time.Minute)
+		a.Sample()
+	}
+	tick(0, 0)
+	tick(200, 5000) // the cold start: mostly misses, but few of them
+	if alerts := a.Firing(); countAlerts(alerts, AlertCacheHitRatioLow) != 0 {
+		t.Fatalf("fires after a cold start of 5,200 block reads: %+v", alerts)
+	}
+	for i := 0; i < 6; i++ {
+		tick(95_000, 5_000)
+	}
+	alerts := a.Firing()
+	expectAlert(t, alerts, AlertCacheHitRatioLow, "leads", SeverityWarning, 0.95, 0.99)
+	if findAlert(alerts, AlertCacheHitRatioLow, "billing") != nil {
+		t.Errorf("billing at 99.9 %% fires: %+v", alerts)
+	}
+	for i := 0; i < 6; i++ {
+		tick(100_000, 0) // the working set fits again
+	}
+	if alerts := a.Firing(); findAlert(alerts, AlertCacheHitRatioLow, "leads") != nil {
+		t.Errorf("still fires once the last window hit every block: %+v", alerts)
+	}
+}
+
 func TestAlertBackendGauges(t *testing.T) {
 	a, _, src, _ := newTestAlerter(t)
 	src.set(func(s *stateSource) {
@@ -303,27 +348,24 @@ func TestAlertBackendGauges(t *testing.T) {
 			{Database: "leads", Backend: "pg3:5432", Role: "replica", Up: true, LagSeconds: 5},
 		}
 		s.longTx = []LongTxSample{{Service: "api", Database: "leads", Count: 1}, {Service: "analytics", Database: "leads", Count: 0}}
-		s.dbs = []DatabaseSample{{Database: "leads", CacheHitRatio: 0.95}, {Database: "billing", CacheHitRatio: 0.999}}
 	})
 	alerts := a.Firing()
 	expectAlert(t, alerts, AlertBreakerOpen, "pg1:5432", SeverityCritical, 2, 2)
 	expectAlert(t, alerts, AlertBackendDown, "pg2:5432", SeverityCritical, 0, 0)
 	expectAlert(t, alerts, AlertReplicationLagHigh, "pg2:5432", SeverityWarning, 20, 10)
 	expectAlert(t, alerts, AlertLongTransactions, "api/leads", SeverityWarning, 1, 0)
-	expectAlert(t, alerts, AlertCacheHitRatioLow, "leads", SeverityWarning, 0.95, 0.99)
 	for _, c := range []struct{ name, subject string }{
 		{AlertBreakerOpen, "pg2:5432"}, // half-open
 		{AlertBackendDown, "pg1:5432"},
 		{AlertReplicationLagHigh, "pg3:5432"},
 		{AlertLongTransactions, "analytics/leads"},
-		{AlertCacheHitRatioLow, "billing"},
 	} {
 		if findAlert(alerts, c.name, c.subject) != nil {
 			t.Errorf("%s fires for %s: %+v", c.name, c.subject, alerts)
 		}
 	}
-	if len(alerts) != 5 {
-		t.Errorf("%d alerts, want 5: %+v", len(alerts), alerts)
+	if len(alerts) != 4 {
+		t.Errorf("%d alerts, want 4: %+v", len(alerts), alerts)
 	}
 
 	// The order: critical first, then by name and subject.
@@ -333,7 +375,7 @@ func TestAlertBackendGauges(t *testing.T) {
 	}
 	want := []string{
 		"DatabaseBackendDown pg2:5432", "DatabaseBreakerOpen pg1:5432",
-		"DatabaseCacheHitRatioLow leads", "DatabaseLongTransactions api/leads", "DatabaseReplicationLagHigh pg2:5432",
+		"DatabaseLongTransactions api/leads", "DatabaseReplicationLagHigh pg2:5432",
 	}
 	if strings.Join(got, ", ") != strings.Join(want, ", ") {
 		t.Errorf("order %q, want %q", got, want)

@@ -36,6 +36,9 @@ type LongTxSample struct {
 type DatabaseSample struct {
 	Database      string
 	CacheHitRatio float64 // blks_hit / (blks_hit + blks_read), pg_stat_database
+	// BlocksHit and BlocksRead are pg_stat_database's blks_hit and
+	// blks_read, for a ratio over a window that ignores a cold start.
+	BlocksHit, BlocksRead uint64
 }
 
 // Source reports the state behind the gauges, read at each scrape.
@@ -107,13 +110,15 @@ var (
 	descParse    = prometheus.NewDesc("pgshield_parse_cache_lookups_total", "SQL classification cache lookups, by result.", []string{"result"}, nil)
 	descLongTx   = prometheus.NewDesc("pgshield_long_transactions", "Transactions open past long_transaction_threshold.", []string{"service", "database"}, nil)
 	descHitRatio = prometheus.NewDesc("database_cache_hit_ratio", "Share of block reads served from shared buffers (pg_stat_database).", []string{"database"}, nil)
+	descBlksHit  = prometheus.NewDesc("database_blocks_hit_total", "Block reads served from shared buffers (pg_stat_database.blks_hit, on the primary).", []string{"database"}, nil)
+	descBlksRead = prometheus.NewDesc("database_blocks_read_total", "Block reads that missed shared buffers (pg_stat_database.blks_read, on the primary).", []string{"database"}, nil)
 )
 
 // stateCollector turns Source into gauges at each scrape.
 type stateCollector struct{ src Source }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descActive, descIdle, descWaiting, descMax, descUp, descBreaker, descLagBytes, descLagSecs, descPinned, descParse, descLongTx, descHitRatio} {
+	for _, d := range []*prometheus.Desc{descActive, descIdle, descWaiting, descMax, descUp, descBreaker, descLagBytes, descLagSecs, descPinned, descParse, descLongTx, descHitRatio, descBlksHit, descBlksRead} {
 		ch <- d
 	}
 }
@@ -148,6 +153,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, d := range c.src.Databases() {
 		ch <- prometheus.MustNewConstMetric(descHitRatio, prometheus.GaugeValue, d.CacheHitRatio, d.Database)
+		ch <- prometheus.MustNewConstMetric(descBlksHit, prometheus.CounterValue, float64(d.BlocksHit), d.Database)
+		ch <- prometheus.MustNewConstMetric(descBlksRead, prometheus.CounterValue, float64(d.BlocksRead), d.Database)
 	}
 	hits, misses := c.src.ParseCache()
 	ch <- prometheus.MustNewConstMetric(descParse, prometheus.CounterValue, float64(hits), "hit")

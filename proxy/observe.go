@@ -111,7 +111,8 @@ func (s *source) Databases() []metrics.DatabaseSample {
 	var out []metrics.DatabaseSample
 	for _, n := range s.topo.Status() {
 		if n.IsPrimary && n.CacheHitRatio > 0 {
-			out = append(out, metrics.DatabaseSample{Database: n.Database, CacheHitRatio: n.CacheHitRatio})
+			out = append(out, metrics.DatabaseSample{Database: n.Database, CacheHitRatio: n.CacheHitRatio,
+				BlocksHit: n.BlocksHit, BlocksRead: n.BlocksRead})
 		}
 	}
 	return out

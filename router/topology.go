@@ -683,6 +683,9 @@ type NodeStatus struct {
 	// CacheHitRatio is blks_hit / (blks_hit + blks_read) of the database
 	// on this backend since its statistics were reset; 0 when unknown.
 	CacheHitRatio float64
+	// BlocksHit and BlocksRead are those counters themselves, so that a
+	// ratio can be taken over a window.
+	BlocksHit, BlocksRead uint64
 }
 
 // Status returns every backend's state, by database and address.
@@ -698,7 +701,8 @@ func (t *Topology) Status() []NodeStatus {
 		for _, n := range st.nodes {
 			ns := NodeStatus{Database: st.name, Addr: n.addr, Role: n.role, Healthy: n.healthy, Checked: n.checked,
 				Fenced: n.fenced, LastCheck: n.lastCheck, LastError: n.lastErr, LSN: n.sample.LSN,
-				ReplayDelay: n.sample.ReplayDelay, Outstanding: n.outstanding.Load(), IsPrimary: n == st.primary}
+				ReplayDelay: n.sample.ReplayDelay, Outstanding: n.outstanding.Load(), IsPrimary: n == st.primary,
+				BlocksHit: n.sample.BlksHit, BlocksRead: n.sample.BlksRead}
 			if total := n.sample.BlksHit + n.sample.BlksRead; total > 0 {
 				ns.CacheHitRatio = float64(n.sample.BlksHit) / float64(total)
 			}

@@ -102,6 +102,8 @@ scrape_configs:
 		"pgshield_replica_lag_seconds":          "gauge",
 		"pgshield_replica_lag_bytes":            "gauge",
 		"database_cache_hit_ratio":              "gauge",
+		"database_blocks_hit_total":             "counter",
+		"database_blocks_read_total":            "counter",
 		"database_connections_active":           "gauge",
 		"database_connections_idle":             "gauge",
 		"database_connections_waiting":          "gauge",

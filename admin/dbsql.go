@@ -19,8 +19,9 @@ package admin
 // redactStatements is idempotent, so a caller holding a Result from a
 // Source may apply it again.
 //
-// Counts exclude the querying backend itself. Ratios are float8 and NULL
-// while their denominator is zero. Waits and ages are seconds (float8) up
+// Counts exclude the querying backend itself. Ratios are float8 rounded
+// to 4 decimals and NULL while their denominator is zero. Waits and ages
+// are seconds (float8, rounded to the millisecond) up
 // to clock_timestamp(), not now(), so a wait that began after the query's
 // transaction started is not negative.
 
@@ -37,10 +38,10 @@ const sqlHealth = `SELECT
 	a.idle_in_transaction,
 	a.waiting,
 	current_setting('max_connections')::int8 AS max_connections,
-	d.blks_hit::float8 / nullif(d.blks_hit + d.blks_read, 0) AS cache_hit_ratio,
+	round(d.blks_hit::numeric / nullif(d.blks_hit + d.blks_read, 0), 4)::float8 AS cache_hit_ratio,
 	d.xact_commit AS commits,
 	d.xact_rollback AS rollbacks,
-	d.xact_rollback::float8 / nullif(d.xact_commit + d.xact_rollback, 0) AS rollback_ratio,
+	round(d.xact_rollback::numeric / nullif(d.xact_commit + d.xact_rollback, 0), 4)::float8 AS rollback_ratio,
 	d.deadlocks,
 	d.conflicts,
 	d.temp_files,
@@ -62,7 +63,7 @@ CROSS JOIN (
 CROSS JOIN (
 	SELECT count(*) AS replicas,
 		CASE WHEN count(*) > 0
-			THEN coalesce(extract(epoch FROM max(replay_lag))::float8, 0)
+			THEN coalesce(round(extract(epoch FROM max(replay_lag)), 3)::float8, 0)
 		END AS max_replication_lag_seconds
 	FROM pg_stat_replication
 ) r
@@ -76,7 +77,7 @@ const sqlLocks = `SELECT
 	blocked.pid AS blocked_pid,
 	blocked.usename::text AS blocked_user,
 	blocked.application_name AS blocked_application,
-	extract(epoch FROM clock_timestamp() - coalesce(blocked.state_change, blocked.query_start))::float8 AS blocked_wait_seconds,
+	round(extract(epoch FROM clock_timestamp() - coalesce(blocked.state_change, blocked.query_start)), 3)::float8 AS blocked_wait_seconds,
 	l.locktype AS lock_type,
 	l.mode AS lock_mode,
 	l.relation::regclass::text AS relation,
@@ -85,7 +86,7 @@ const sqlLocks = `SELECT
 	blocking.usename::text AS blocking_user,
 	blocking.application_name AS blocking_application,
 	blocking.state AS blocking_state,
-	extract(epoch FROM clock_timestamp() - blocking.xact_start)::float8 AS blocking_xact_seconds,
+	round(extract(epoch FROM clock_timestamp() - blocking.xact_start), 3)::float8 AS blocking_xact_seconds,
 	blocking.query AS blocking_statement
 FROM pg_stat_activity blocked
 CROSS JOIN LATERAL unnest(pg_blocking_pids(blocked.pid)) AS b(pid)
@@ -111,10 +112,10 @@ const sqlTables = `SELECT
 	s.seq_tup_read,
 	s.idx_scan,
 	s.idx_tup_fetch,
-	s.seq_scan::float8 / nullif(s.seq_scan + coalesce(s.idx_scan, 0), 0) AS seq_scan_ratio,
+	round(s.seq_scan::numeric / nullif(s.seq_scan + coalesce(s.idx_scan, 0), 0), 4)::float8 AS seq_scan_ratio,
 	s.n_live_tup AS live_rows,
 	s.n_dead_tup AS dead_rows,
-	s.n_dead_tup::float8 / nullif(s.n_live_tup + s.n_dead_tup, 0) AS dead_ratio,
+	round(s.n_dead_tup::numeric / nullif(s.n_live_tup + s.n_dead_tup, 0), 4)::float8 AS dead_ratio,
 	greatest(s.last_vacuum, s.last_autovacuum) AS last_vacuum,
 	greatest(s.last_analyze, s.last_autoanalyze) AS last_analyze,
 	pg_total_relation_size(s.relid) AS total_bytes,

@@ -4,13 +4,17 @@ BIN       := bin
 PKGS      := ./...
 TEST_FLAGS ?= -race -count=1 -timeout 15m
 STATICCHECK_VERSION := v0.8.2
+# Stamped into the binary; `pgshield version` and SHOW VERSION show them.
+VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    := $(shell git rev-parse --short HEAD 2>/dev/null)
 
 .PHONY: all build run test lint fuzz bench clean tools monitoring-check
 
 all: build
 
 build:
-	$(GO) build -trimpath -o $(BIN)/pgshield ./cmd/pgshield
+	@echo "building pgshield (the first build compiles the PostgreSQL parser, about a minute)"
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o $(BIN)/pgshield ./cmd/pgshield
 
 ## run: start a throwaway primary + replica and pgshield in front of them.
 run: build

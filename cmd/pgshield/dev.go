@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -21,12 +24,14 @@ import (
 // devCmd starts a throwaway primary and synchronous replica under a
 // directory (reused on the next run) and serves the proxy in front of them.
 func devCmd(args []string) error {
-	fs := flag.NewFlagSet("dev", flag.ExitOnError)
-	dir := fs.String("dir", ".pgshield-dev", "directory for the clusters, certificates and configuration (reused)")
-	listen := fs.String("listen", "127.0.0.1:6432", "proxy address")
-	adminListen := fs.String("admin-listen", config.DefaultAdminListen, "admin console address")
-	metricsListen := fs.String("metrics-listen", config.DefaultMetricsListen, "metrics address")
-	_ = fs.Parse(args)
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	dir := fs.String("dir", ".pgshield-dev", "`directory` for the clusters, certificates and configuration (reused, ports included)")
+	listen := fs.String("listen", "127.0.0.1:6432", "proxy `address`")
+	adminListen := fs.String("admin-listen", config.DefaultAdminListen, "admin console `address`")
+	metricsListen := fs.String("metrics-listen", config.DefaultMetricsListen, "metrics and health `address`")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -35,6 +40,16 @@ func devCmd(args []string) error {
 		return err
 	}
 	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return err
+	}
+	// Nothing may start or stop before these checks: the clusters of a
+	// directory in use belong to the other pgshield dev.
+	lock, err := lockDir(abs, *dir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := checkListen([][2]string{{"--listen", *listen}, {"--admin-listen", *adminListen}, {"--metrics-listen", *metricsListen}}); err != nil {
 		return err
 	}
 	say := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "pgshield dev: "+format+"\n", a...) }
@@ -47,12 +62,14 @@ func devCmd(args []string) error {
 		return fmt.Errorf("starting the primary: %w", err)
 	}
 	defer stopCluster(primary, say)
+	sayMoved(primary, "primary", say)
 	say("starting a synchronous streaming replica")
 	replica, err := primary.AddReplica(startCtx, pgcluster.ReplicaOptions{Name: "replica1", Sync: true})
 	if err != nil {
 		return fmt.Errorf("starting the replica: %w", err)
 	}
 	defer stopCluster(replica, say)
+	sayMoved(replica, "replica", say)
 	if err := primary.CreateRole(startCtx, "app", "app", true); err != nil {
 		return err
 	}
@@ -94,6 +111,75 @@ func devCmd(args []string) error {
 	}
 	reload := func() (*config.File, error) { return config.Load(cfgPath) }
 	return serve(ctx, cfg, reload, log.With(zap.String("mode", "dev")), ready)
+}
+
+// lockName is the lock file of a `pgshield dev` directory.
+const lockName = "pgshield.lock"
+
+// lockDir takes the lock of a `pgshield dev` directory (shown as shown in
+// messages) for as long as the returned file stays open: an exclusive
+// flock(2) on dir/pgshield.lock, which holds the owner's pid. The kernel
+// drops the lock when its process ends, however it ends, so the file a
+// crashed run leaves behind does not block the next.
+func lockDir(dir, shown string) (*os.File, error) {
+	path := filepath.Join(dir, lockName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("locking directory %s: %w", shown, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("locking directory %s: %w", shown, err)
+		}
+		owner := "another pgshield"
+		if pid := lockOwner(path); pid != "" {
+			owner = "pgshield pid " + pid
+		}
+		return nil, fmt.Errorf("directory %s is in use by %s; stop it first or pass another --dir", shown, owner)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("writing %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// lockOwner is the pid in a lock file, "" if it has none (yet: the owner
+// writes it just after taking the lock).
+func lockOwner(path string) string {
+	for range 5 {
+		data, _ := os.ReadFile(path)
+		if pid := strings.TrimSpace(string(data)); pid != "" {
+			return pid
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return ""
+}
+
+// checkListen fails when one of the addresses (flag, address) cannot be
+// listened on, so that a clash is reported before any cluster starts.
+func checkListen(addrs [][2]string) error {
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a[1])
+		if err != nil {
+			return fmt.Errorf("%s %s is not free: %w", a[0], a[1], err)
+		}
+		ln.Close()
+	}
+	return nil
+}
+
+// sayMoved warns when a reused cluster could not have its port of the last
+// run back, since a configuration written against that port breaks.
+func sayMoved(c *pgcluster.Cluster, what string, say func(string, ...any)) {
+	if c.LastPort != 0 && c.LastPort != c.Port {
+		say("port %d, the %s's on the last run, is taken: the %s is on %d now", c.LastPort, what, what, c.Port)
+	}
 }
 
 func stopCluster(c *pgcluster.Cluster, say func(string, ...any)) {

@@ -24,10 +24,12 @@ import (
 )
 
 func serveCmd(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ExitOnError)
-	path := fs.String("config", "pgshield.yaml", "configuration file")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown (for `go tool pprof`)")
-	_ = fs.Parse(args)
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	path := fs.String("config", "pgshield.yaml", "configuration `file`")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to `file` until shutdown (read it with go tool pprof)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -101,7 +103,7 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 		}
 		return err
 	}
-	live := admin.NewLive(srv, pools, topo, alerter, doReload, version,
+	live := admin.NewLive(srv, pools, topo, alerter, doReload, versionString(),
 		[][2]string{{"admin_listen", aln.Addr().String()}, {"metrics_listen", mln.Addr().String()}})
 	console := admin.NewConsole(srv.AcceptAdmin, live, log.Named("admin"))
 	go func() {

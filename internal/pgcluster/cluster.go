@@ -31,7 +31,9 @@ type Options struct {
 	// directory is reused (and a server still running on it from an earlier
 	// run is stopped first).
 	Dir string
-	// Port is the TCP port on 127.0.0.1; 0 picks a free one.
+	// Port is the TCP port on 127.0.0.1. 0 means the port a reused data
+	// directory was started on last time (recorded in its postgresql.conf),
+	// or a free port for a new directory or when that port is taken.
 	Port int
 	// SSL turns ssl on with a devcert certificate for 127.0.0.1, ::1 and
 	// localhost; Cluster.CAFile is its CA.
@@ -51,6 +53,7 @@ type Cluster struct {
 	DataDir   string // PGDATA, Dir/data
 	Host      string // "127.0.0.1"
 	Port      int
+	LastPort  int    // port of a reused directory's last run, 0 if new; not Port when that was taken
 	User      string // superuser "postgres"
 	Password  string // superuser password
 	CAFile    string // CA of the server certificate, with SSL
@@ -118,7 +121,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		c.removeOwnedDir()
 		return nil, err
 	}
-	if err := c.startOnFreePort(ctx, opts.Port); err != nil {
+	if err := c.startOnFreePort(ctx, opts.Port, c.LastPort); err != nil {
 		c.removeOwnedDir()
 		return nil, err
 	}
@@ -138,8 +141,11 @@ func (c *Cluster) prepare(ctx context.Context, opts Options) error {
 		if err := c.initdb(ctx); err != nil {
 			return err
 		}
-	} else if err := c.stopStale(ctx); err != nil {
-		return err
+	} else {
+		c.LastPort = c.confPort()
+		if err := c.stopStale(ctx); err != nil {
+			return err
+		}
 	}
 	if err := c.includeLocalConf(); err != nil {
 		return err
@@ -277,9 +283,20 @@ func (c *Cluster) stopStale(ctx context.Context) error {
 	return nil
 }
 
-// startOnFreePort starts the server on port, or on a free port when port is
-// 0, trying other ports if the one picked was taken in the meantime.
-func (c *Cluster) startOnFreePort(ctx context.Context, port int) error {
+// startOnFreePort starts the server on port. When port is 0 it starts on
+// last (the port of the previous run) if that is free, else on a free port,
+// trying other ports if the one picked was taken in the meantime.
+func (c *Cluster) startOnFreePort(ctx context.Context, port, last int) error {
+	if port == 0 && last != 0 {
+		if portFree(last) {
+			c.Port = last
+			portTaken, err := c.start(ctx)
+			if err == nil || !portTaken || ctx.Err() != nil {
+				return err
+			}
+		}
+		c.logf("port %d, which %s had on its last run, is taken; starting on another", last, c.DataDir)
+	}
 	var err error
 	for attempt := 0; attempt < portAttempts; attempt++ {
 		c.Port = port
@@ -428,6 +445,38 @@ func readFrom(path string, offset int64) string {
 	}
 	data, _ := io.ReadAll(f)
 	return string(data)
+}
+
+// portFree reports whether port can be listened on at 127.0.0.1.
+func portFree(port int) bool {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
+
+// confPort is the port postgresql.conf sets (start writes it there), 0 if
+// it sets none or cannot be read.
+func (c *Cluster) confPort() int {
+	data, err := os.ReadFile(filepath.Join(c.DataDir, "postgresql.conf"))
+	if err != nil {
+		return 0
+	}
+	port := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		key, val, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok || strings.ToLower(strings.TrimSpace(key)) != "port" {
+			continue
+		}
+		val, _, _ = strings.Cut(val, "#")
+		val = strings.Trim(strings.TrimSpace(val), "'")
+		if n, err := strconv.Atoi(val); err == nil && n > 0 && n < 65536 {
+			port = n // the last setting wins, as in PostgreSQL
+		}
+	}
+	return port
 }
 
 func freePort() (int, error) {

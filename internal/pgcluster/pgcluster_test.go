@@ -187,15 +187,16 @@ func TestReuseRestartAndLongDir(t *testing.T) {
 
 	// Start again on the same directory while the first servers still run
 	// (as after a crash of `pgshield dev`): the old servers are stopped, the
-	// data is kept, and the settings are this Start's, on the replica too
-	// (a standby needs max_connections at least as high as its primary's).
+	// data is kept, the ports are kept, and the settings are this Start's,
+	// on the replica too (a standby needs max_connections at least as high
+	// as its primary's).
 	c2, err := Start(ctx, Options{Dir: dir, Logf: t.Logf, Settings: map[string]string{"max_connections": "250"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c2.Remove()
-	if c2.Port == c.Port {
-		t.Fatalf("port %d again", c.Port)
+	if c2.Port != port || c2.LastPort != port {
+		t.Fatalf("reused directory on port %d (last %d), want its port %d", c2.Port, c2.LastPort, port)
 	}
 	if s := queryString(ctx, t, c2.ConnString("postgres"), "SELECT v FROM kept"); s != "x" {
 		t.Fatalf("kept %q", s)
@@ -206,6 +207,9 @@ func TestReuseRestartAndLongDir(t *testing.T) {
 	r2, err := c2.AddReplica(ctx, ReplicaOptions{Name: "r1", Sync: true})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if r2.Port != r.Port {
+		t.Fatalf("reused replica directory on port %d, want its port %d", r2.Port, r.Port)
 	}
 	// remote_apply: the commit returns once the standby has replayed it.
 	if err := c2.Exec(ctx, "postgres", "SET synchronous_commit = remote_apply; INSERT INTO kept VALUES ('y')"); err != nil {
@@ -228,6 +232,69 @@ func TestReuseRestartAndLongDir(t *testing.T) {
 	}
 	if err := c.Remove(); err != nil {
 		t.Fatalf("removing the cluster whose server was stopped by another Start: %v", err)
+	}
+}
+
+// A reused directory starts on the port it had last time, the replica's
+// too, so that a configuration written against them keeps working; only
+// when that port is taken does it move to a free one.
+func TestReusedDirectoryKeepsItsPorts(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dir := filepath.Join(t.TempDir(), "primary")
+	start := func() (*Cluster, *Cluster) {
+		t.Helper()
+		c, err := Start(ctx, Options{Dir: dir, Logf: t.Logf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Remove() })
+		r, err := c.AddReplica(ctx, ReplicaOptions{Name: "r1", Sync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, r
+	}
+	c, r := start()
+	if c.LastPort != 0 || r.LastPort != 0 {
+		t.Fatalf("new directories with a last port: %d, %d", c.LastPort, r.LastPort)
+	}
+	primaryPort, replicaPort := c.Port, r.Port
+	if err := c.Remove(); err != nil {
+		t.Fatal(err)
+	}
+
+	c, r = start()
+	if c.Port != primaryPort || r.Port != replicaPort {
+		t.Fatalf("after a restart: primary on %d, replica on %d; want %d and %d", c.Port, r.Port, primaryPort, replicaPort)
+	}
+	if c.LastPort != primaryPort || r.LastPort != replicaPort {
+		t.Fatalf("last ports %d, %d; want %d and %d", c.LastPort, r.LastPort, primaryPort, replicaPort)
+	}
+	if in, err := r.InRecovery(ctx); err != nil || !in {
+		t.Fatalf("replica in recovery: %v %v", in, err)
+	}
+	if err := c.Remove(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The primary's port is taken now: it moves, and says where it was.
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(primaryPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, r = start()
+	if c.Port == primaryPort || c.LastPort != primaryPort {
+		t.Fatalf("primary on %d (last %d) while %d is taken", c.Port, c.LastPort, primaryPort)
+	}
+	if r.Port != replicaPort {
+		t.Fatalf("replica moved from %d to %d", replicaPort, r.Port)
+	}
+	if s := queryString(ctx, t, c.ConnString("postgres"),
+		"SELECT sync_state FROM pg_stat_replication WHERE application_name = 'r1'"); s != "sync" {
+		t.Fatalf("replica of the moved primary: sync_state %q", s)
 	}
 }
 

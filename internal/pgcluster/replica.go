@@ -21,7 +21,9 @@ type ReplicaOptions struct {
 	// under the primary's Dir: letters, digits, '_' and '-'. "" means
 	// "replicaN", N counting the primary's replicas from 1.
 	Name string
-	// Port is the TCP port on 127.0.0.1; 0 picks a free one.
+	// Port is the TCP port on 127.0.0.1. 0 means the port a reused replica
+	// directory was started on last time, or a free port for a new one or
+	// when that port is taken.
 	Port int
 	// Sync makes it the primary's synchronous standby: the primary's
 	// synchronous_standby_names becomes Name.
@@ -71,6 +73,11 @@ func (c *Cluster) AddReplica(ctx context.Context, opts ReplicaOptions) (*Cluster
 		if !exists(filepath.Join(r.DataDir, "standby.signal")) {
 			return nil, fmt.Errorf("pgcluster: %s exists but is not a standby (promoted?); remove it to make a new replica", r.DataDir)
 		}
+		// postgresql.conf came from the primary with pg_basebackup and has
+		// the replica's own port once the replica has started.
+		if p := r.confPort(); p != c.Port {
+			r.LastPort = p
+		}
 		if err := r.stopStale(ctx); err != nil {
 			return nil, err
 		}
@@ -103,7 +110,7 @@ func (c *Cluster) AddReplica(ctx context.Context, opts ReplicaOptions) (*Cluster
 	}); err != nil {
 		return nil, err
 	}
-	if err := r.startOnFreePort(ctx, opts.Port); err != nil {
+	if err := r.startOnFreePort(ctx, opts.Port, r.LastPort); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()

@@ -150,7 +150,10 @@ func (l *Live) Config() [][2]string {
 	var users []string
 	for _, u := range pc.Users {
 		n := u.Name
-		if u.Admin {
+		switch {
+		case u.Admin && u.ClientLogin:
+			n += " (admin, client_login)"
+		case u.Admin:
 			n += " (admin)"
 		}
 		users = append(users, n)

@@ -255,3 +255,32 @@ func TestAdminAuthCancelRequest(t *testing.T) {
 		t.Error("AcceptAdmin returned no error for a CancelRequest")
 	}
 }
+
+// An admin user logs in on the client port only with client_login: true;
+// without it the refusal comes after the password check (28P01 for a wrong
+// password), as on the admin port.
+func TestAdminUserOnClientPort(t *testing.T) {
+	e := startProxy(t, func(p *proxyConfig, _ *poolConfig) {
+		p.Users = append(append([]proxy.User(nil), testUsers...),
+			proxy.User{Name: "admin", Password: adminPassword, Admin: true},
+			proxy.User{Name: "both", Password: adminPassword, Admin: true, ClientLogin: true})
+	})
+	host, port, _ := net.SplitHostPort(e.addr)
+	login := func(user, password string) error {
+		c, err := pgx.Connect(ctxT(t), fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=app sslmode=disable", host, port, user, password))
+		if err == nil {
+			_, err = c.Exec(ctxT(t), "select 1")
+			_ = c.Close(context.Background())
+		}
+		return err
+	}
+	if err := login("admin", adminPassword); pgCode(err) != "28000" || !strings.Contains(err.Error(), "admin console user") {
+		t.Errorf("admin on the client port: %v, want 28000 naming the admin console", err)
+	}
+	if err := login("admin", "wrong"); pgCode(err) != "28P01" {
+		t.Errorf("admin with a wrong password: %v, want 28P01", err)
+	}
+	if err := login("both", adminPassword); err != nil {
+		t.Errorf("an admin with client_login: true on the client port: %v", err)
+	}
+}

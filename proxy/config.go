@@ -37,7 +37,11 @@ type User struct {
 	// pg_authid) or an md5 hash ("md5" + hex(md5(password || user))).
 	Password string `yaml:"password"`
 	Service  string `yaml:"service"`
-	Admin    bool   `yaml:"admin"`
+	// Admin lets the user log in on the admin console. An admin user
+	// does not log in on the client port unless ClientLogin is set too:
+	// console credentials give no access to the data by default.
+	Admin       bool `yaml:"admin"`
+	ClientLogin bool `yaml:"client_login"`
 }
 
 // TLSConfig is the client-facing TLS setup.

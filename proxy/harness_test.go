@@ -12,7 +12,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pgshield/pgshield/internal/devcert"
 	"github.com/pgshield/pgshield/internal/pgcluster"
@@ -55,6 +57,7 @@ type env struct {
 	m     *metrics.Metrics
 	pcfg  proxy.Config
 	mcfg  poolmgr.Config
+	logs  *observer.ObservedLogs // everything the proxy logged, debug included
 }
 
 // Test users. "app" uses the api service (transaction pooling), "sess" the
@@ -91,7 +94,10 @@ func startProxyRouted(t *testing.T, mutate func(*proxyConfig, *poolConfig), rout
 		mutate(&pcfg, &mcfg)
 	}
 	mcfg = mcfg.WithDefaults()
-	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	obs, logs := observer.New(zap.DebugLevel)
+	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel), zaptest.WrapOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewTee(c, obs)
+	})))
 	pools, err := poolmgr.New(mcfg, log)
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +135,7 @@ func startProxyRouted(t *testing.T, mutate func(*proxyConfig, *poolConfig), rout
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return &env{addr: ln.Addr().String(), srv: srv, pools: pools, topo: topo, m: m, pcfg: pcfg, mcfg: mcfg}
+	return &env{addr: ln.Addr().String(), srv: srv, pools: pools, topo: topo, m: m, pcfg: pcfg, mcfg: mcfg, logs: logs}
 }
 
 // url is a connection string to the proxy for user (password from

@@ -202,8 +202,12 @@ func (s *Server) refuse(sc *startupConn, err error) {
 	if pe.severity == "ERROR" {
 		pe = &pgError{severity: "FATAL", code: pe.code, message: pe.message, detail: pe.detail, hint: pe.hint}
 	}
-	s.log.Info("client refused", zap.String("code", pe.code), zap.String("reason", pe.message),
-		zap.String("remote", sc.nc.RemoteAddr().String()))
+	level := zap.InfoLevel
+	if sc.probe {
+		level = zap.DebugLevel // a readiness probe: refused by design, every few seconds
+	}
+	s.log.Log(level, "client refused", zap.String("code", pe.code), zap.String("reason", pe.message),
+		zap.String("remote", sc.nc.RemoteAddr().String()), zap.Bool("probe", sc.probe))
 	_ = sc.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	_ = sc.send(pe.response())
 }
@@ -248,6 +252,13 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 	u, err := sc.login(rt, userName)
 	if err != nil {
 		return nil, err
+	}
+	if u.Admin && !u.ClientLogin {
+		// After the password check, as on the admin port, so that nobody
+		// learns who is an admin without the password.
+		e := fatalf(codeInvalidAuthSpec, "user %q is an admin console user and cannot log in on the client port", userName)
+		e.hint = "connect to the admin console's port, or set client_login: true on the user to allow both"
+		return nil, e
 	}
 	cfg := s.pools.Config()
 	if _, ok := cfg.Databases[database]; !ok {

@@ -36,6 +36,9 @@ type startupConn struct {
 	br    *bufio.Reader
 	r     *wire.Reader
 	isTLS bool
+	// probe: the client is pg_isready (its application_name), which only
+	// asks whether the server answers; its refusals are logged at debug.
+	probe bool
 }
 
 func (c *startupConn) send(msgs ...pgproto3.BackendMessage) error {
@@ -75,6 +78,7 @@ func (c *startupConn) negotiate(ctx context.Context, tlsConfig *tls.Config, tlsM
 		}
 		switch reply {
 		case 0:
+			c.probe = req.params["application_name"] == "pg_isready"
 			if req.cancel == nil && tlsMode == TLSRequire && !c.isTLS {
 				return nil, fatalf(codeInvalidAuthSpec, "pgshield requires SSL: connect with sslmode=require")
 			}

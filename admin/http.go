@@ -1,7 +1,9 @@
-// Package admin serves operators: the HTTP endpoints for Prometheus and
-// orchestrators (/metrics, /healthz, /readyz) and, to come, the admin SQL
-// console and its jobs. It reads the rest of pgshield only through the small
-// interfaces and functions it is given.
+// Package admin serves operators: the admin SQL console (pgwire on the
+// admin port: SHOW, PAUSE/RESUME, RELOAD, KILL, SET, READMIT and the
+// statistics queries on the backends) and the HTTP endpoints for
+// Prometheus and orchestrators (/metrics, /healthz, /readyz). It reads the
+// rest of pgshield only through the small interfaces and functions it is
+// given (Source, and Live, which joins a running proxy).
 package admin
 
 import (

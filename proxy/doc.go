@@ -29,5 +29,15 @@
 // at the right place in the stream.
 //
 // Messages are framed by internal/wire and copied through without decoding;
-// only the few the proxy must understand are decoded, with pgproto3.
+// only the fields the proxy must understand are read, in place (a query's
+// text, a statement name, a ReadyForQuery status, an error's SQLSTATE), and
+// what the proxy sends itself is encoded with pgproto3.
+//
+// # Ending a session
+//
+// Whoever writes to the client last tells it why its session ends
+// (session.endMsg, once): the client goroutine when no pump runs, else the
+// pump. KILL cancels a running statement on its server first; the
+// statement's answer then ends the session in place of its ReadyForQuery,
+// so a killed statement cannot commit later.
 package proxy

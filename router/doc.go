@@ -1,5 +1,6 @@
-// Package router classifies SQL with the real PostgreSQL parser
-// (pg_query_go) and will choose backends from that classification.
+// Package router decides where SQL goes: it classifies statements with the
+// real PostgreSQL parser (pg_query_go) and keeps the topology of each
+// database's backends, from which the proxy picks one.
 //
 // Classify reports, for a query text, whether every statement is provably
 // read-only and which session-level state it touches: settings (SET,
@@ -8,5 +9,12 @@
 // PREPARE) together with what clears it. Results are cached by query text in
 // an LRU, so each distinct text is parsed once.
 //
-// router holds no server connections and does no I/O.
+// Topology checks every backend through the Backends interface it is given
+// (roles, WAL positions, replay lag), chooses the replica for a read,
+// tracks read-your-writes positions, and runs failover: promotion of the
+// most advanced replica, or discovery of one promoted by another manager,
+// with the old primary fenced until READMIT.
+//
+// router holds no server connections of its own: the checks run on
+// connections the caller's Backends provides.
 package router

@@ -210,3 +210,19 @@ func TestEditDistance(t *testing.T) {
 		t.Errorf("far-off key got a suggestion: %q", got)
 	}
 }
+
+// Whatever the bytes, Parse returns a configuration or an error: it never
+// panics (the schema walk follows the node tree the YAML parser built).
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(minimal))
+	f.Add([]byte(minimal + "pool: {wait_timout: 5 seconds}\nservices: {analytics: {min_connections: 0}}\n"))
+	f.Add([]byte("users: [{name: a, password: b}, [1, 2]]\ndatabases: {x: {replicas: [{a: 1}]}}\n"))
+	f.Add([]byte("a: &x {b: *x}\n<<: *x\n"))
+	f.Add([]byte("services:\n  api:\n    max_connections: 2.5\n  api:\n    pool_mode: session\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse(data)
+		if err == nil && cfg == nil {
+			t.Fatal("no configuration and no error")
+		}
+	})
+}

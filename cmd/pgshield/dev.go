@@ -138,7 +138,8 @@ func lockDir(dir, shown string) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("directory %s is in use by %s; stop it first or pass another --dir", shown, owner)
 	}
-	if err := f.Truncate(0); err == nil {
+	err = f.Truncate(0)
+	if err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	if err != nil {

@@ -199,13 +199,13 @@ func (s *session) tagged(tag []byte) {
 		}
 		n = n*10 + int64(c-'0')
 	}
-	s.stmtRows += n
+	s.resp.stmtRows += n
 	switch tag[0] {
 	case 'I', 'U', 'D', 'M', 'C': // INSERT, UPDATE, DELETE, MERGE, COPY
 		if bytes.HasPrefix(tag, []byte("INSERT")) || bytes.HasPrefix(tag, []byte("UPDATE")) ||
 			bytes.HasPrefix(tag, []byte("DELETE")) || bytes.HasPrefix(tag, []byte("MERGE")) ||
 			bytes.HasPrefix(tag, []byte("COPY")) {
-			s.batchWriteRows += n
+			s.resp.batchWriteRows += n
 		}
 	}
 }
@@ -229,34 +229,34 @@ const maxFinished = 64
 // been sent its answer, so that the client does not wait for it.
 func (s *session) stmtDone(cl *router.Class, sent time.Time, srv *poolmgr.Conn, code string) {
 	if sent.IsZero() {
-		s.stmtRows = 0 // sent while statistics were off: not timed, and its rows are not the next one's
+		s.resp.stmtRows = 0 // sent while statistics were off: not timed, and its rows are not the next one's
 		return
 	}
 	now := time.Now()
 	start := sent
-	if s.lastDone.After(start) {
-		start = s.lastDone
+	if s.resp.lastDone.After(start) {
+		start = s.resp.lastDone
 	}
-	s.lastDone = now
+	s.resp.lastDone = now
 	if cl != nil {
-		s.batchClasses = append(s.batchClasses, cl)
+		s.resp.batchClasses = append(s.resp.batchClasses, cl)
 	}
-	s.finished = append(s.finished, finishedStmt{class: cl, backend: srv.Backend(), code: code, d: now.Sub(start), rows: s.stmtRows, at: now})
-	s.stmtRows = 0
-	if len(s.finished) >= maxFinished {
+	s.resp.finished = append(s.resp.finished, finishedStmt{class: cl, backend: srv.Backend(), code: code, d: now.Sub(start), rows: s.resp.stmtRows, at: now})
+	s.resp.stmtRows = 0
+	if len(s.resp.finished) >= maxFinished {
 		s.recordFinished()
 	}
 }
 
 // recordFinished records the statements stmtDone timed (pump side).
 func (s *session) recordFinished() {
-	if len(s.finished) == 0 {
+	if len(s.resp.finished) == 0 {
 		return
 	}
 	in := s.ins
 	qs := s.srv.queryStats
-	for i := range s.finished {
-		f := &s.finished[i]
+	for i := range s.resp.finished {
+		f := &s.resp.finished[i]
 		s.stats.queries.add(1)
 		s.stats.queryNanos.add(int64(f.d))
 		s.queryDuration(f.backend).Observe(f.d)
@@ -272,8 +272,8 @@ func (s *session) recordFinished() {
 			in.slow.Inc()
 		}
 	}
-	clear(s.finished)
-	s.finished = s.finished[:0]
+	clear(s.resp.finished)
+	s.resp.finished = s.resp.finished[:0]
 }
 
 // queryDone times the Query at the head of the queue, answered by the
@@ -285,11 +285,11 @@ func (s *session) queryDone(srv *poolmgr.Conn) {
 		s.mu.Unlock()
 		return
 	}
-	cl, sent, failed := h.class, h.sent, s.entryErr
+	cl, sent, failed := h.class, h.sent, s.resp.entryErr
 	s.mu.Unlock()
 	code := ""
 	if failed {
-		code = s.queryErr
+		code = s.resp.queryErr
 	}
 	s.stmtDone(cl, sent, srv, code)
 }
@@ -301,18 +301,18 @@ func (s *session) txBoundaryLocked(status byte) {
 	in := s.rec()
 	var now time.Time
 	switch {
-	case in != nil && !s.batchStart.IsZero() && !s.lastDone.Before(s.batchStart):
+	case in != nil && !s.batchStart.IsZero() && !s.resp.lastDone.Before(s.batchStart):
 		// The batch's last statement has just been timed: that clock
 		// read serves here too.
-		now = s.lastDone
+		now = s.resp.lastDone
 	case in != nil || status != 'I':
 		now = time.Now()
 	}
 	if status == 'I' {
 		if in != nil && (prev != 'I' || !s.batchStart.IsZero()) {
-			start, commit := s.txSince, s.txCommit
+			start, commit := s.txSince, s.resp.txCommit
 			if prev == 'I' {
-				start, commit = s.batchStart, !s.batchErr
+				start, commit = s.batchStart, !s.resp.batchErr
 			}
 			if start.IsZero() {
 				start = now
@@ -330,9 +330,9 @@ func (s *session) txBoundaryLocked(status byte) {
 			}
 		}
 		s.lastReady = now
-		s.txStatements += len(s.batchClasses)
-		s.txRows += s.batchWriteRows
-		for _, cl := range s.batchClasses {
+		s.txStatements += len(s.resp.batchClasses)
+		s.txRows += s.resp.batchWriteRows
+		for _, cl := range s.resp.batchClasses {
 			for _, t := range cl.Writes {
 				if !slices.Contains(s.txTables, t) {
 					s.txTables = append(s.txTables, t)
@@ -344,10 +344,10 @@ func (s *session) txBoundaryLocked(status byte) {
 		}
 	}
 	s.batchStart = time.Time{}
-	s.batchErr = false
-	s.batchWriteRows = 0
-	clear(s.batchClasses)
-	s.batchClasses = s.batchClasses[:0]
+	s.resp.batchErr = false
+	s.resp.batchWriteRows = 0
+	clear(s.resp.batchClasses)
+	s.resp.batchClasses = s.resp.batchClasses[:0]
 }
 
 func (s *session) txEndedLocked(d time.Duration, commit bool) {

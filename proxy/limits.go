@@ -8,7 +8,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pgshield/pgshield/internal/wire"
 )
 
 // Transaction limits, enforced by the proxy for any PostgreSQL version.
@@ -74,31 +73,24 @@ func (s *Server) reap(stop <-chan struct{}) {
 // enforce applies l to the session's open transaction, if any.
 func (s *session) enforce(now time.Time, l limits) {
 	s.mu.Lock()
-	if s.closing || s.txSince.IsZero() || s.server == nil {
+	if s.life != lifeOpen || s.txSince.IsZero() || s.server == nil {
 		s.mu.Unlock()
 		return
 	}
 	idle := s.queue.empty() && !s.writing && s.txStatus != 'I'
 	if l.idle > 0 && idle && now.Sub(s.lastReady) > l.idle {
-		s.closing = true
 		s.mu.Unlock()
 		s.log.Info("disconnecting a client idle in transaction", zap.Duration("idle_in_transaction_timeout", l.idle))
-		s.terminate(fatalf(codeIdleInTransaction,
+		s.end(fatalf(codeIdleInTransaction,
 			"terminating connection due to idle_in_transaction_timeout: idle in a transaction longer than %s (service %s)", l.idle, s.service))
 		return
 	}
 	if l.tx > 0 && !s.txExpired && now.Sub(s.txSince) > l.tx {
 		s.txExpired, s.txLimit = true, l.tx
 		s.log.Info("transaction_timeout reached", zap.Duration("transaction_timeout", l.tx))
-		if !s.queue.empty() {
-			// Held under the lock, as cancelRunning does, so the server
-			// cannot change hands meanwhile.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := s.server.Cancel(ctx); err != nil {
-				s.log.Warn("cancelling a statement past transaction_timeout", zap.Error(err))
-			}
-			cancel()
-		}
+		// Held under the lock, as cancelRunning does, so the server
+		// cannot change hands meanwhile.
+		s.cancelServerLocked("cancelling a statement past transaction_timeout")
 	}
 	s.mu.Unlock()
 }
@@ -109,27 +101,6 @@ func (s *session) txTimeoutErr() *pgError {
 	e := errorf(codeTransactionTimeout, "canceling statement due to transaction_timeout: the transaction was open longer than %s (service %s)", s.txLimit, s.service)
 	e.hint = "roll the transaction back; keep transactions shorter, or raise transaction_timeout of the service"
 	return e
-}
-
-// refuseExpiredLocked fails the current Query or Execute of a transaction
-// past transaction_timeout, in its place in the stream: the server gets a
-// statement that fails, so its transaction is aborted too.
-func (s *session) refuseExpiredLocked(typ byte) {
-	err := s.txTimeoutErr()
-	if typ == 'Q' {
-		s.wbuf = wire.AppendFrame(s.wbuf, 'Q', []byte(rejectedSQL), nul)
-		s.pushLocked(expected{typ: 'Q', replaceErr: err})
-		return
-	}
-	s.refuseLocked(err)
-}
-
-// terminate tells the client why its session ends and closes it; the
-// client goroutine then cleans up (rolls the server back or closes it).
-func (s *session) terminate(pe *pgError) {
-	s.stop()
-	_ = s.writeDirect(pe.response())
-	_ = s.conn.Close()
 }
 
 // Kill ends a client's session. An idle client is told at once, and its
@@ -150,30 +121,19 @@ func (s *Server) Kill(id uint32) error {
 	msg := fatalf(codeAdminShutdown, "terminating connection due to administrator command (KILL on the pgshield admin console)")
 	sess.mu.Lock()
 	idle := sess.server == nil || (sess.queue.empty() && !sess.writing)
-	if sess.server != nil {
-		sess.closing = true
-	}
-	if !idle {
+	if !idle && sess.setLifeLocked(lifeEnding) {
 		sess.endMsg = msg
-		sess.ending.Store(true)
-		// Under the lock, as cancelRunning does, so the server cannot
-		// change hands meanwhile.
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if err := sess.server.Cancel(ctx); err != nil {
-			sess.log.Warn("cancelling the statement of a killed client", zap.Error(err))
-		}
-		cancel()
+		sess.cancelServerLocked("cancelling the statement of a killed client")
 	}
 	sess.mu.Unlock()
 	sess.log.Info("client killed from the admin console", zap.Bool("idle", idle))
 	if idle {
-		sess.terminate(msg)
-		return nil
+		sess.end(msg)
 	}
 	select {
 	case <-sess.gone:
 	case <-time.After(killWait):
-		sess.log.Warn("killed client's statement did not stop; closing its server connection", zap.Duration("waited", killWait))
+		sess.log.Warn("killed client did not stop; closing its connections", zap.Duration("waited", killWait))
 		sess.forceClose(msg)
 	}
 	return nil

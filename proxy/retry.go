@@ -7,7 +7,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgshield/pgshield/internal/wire"
-	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/router"
 )
 
@@ -36,11 +35,11 @@ func retryableCode(code []byte) bool {
 	return string(code) == "40001" || string(code) == "40P01"
 }
 
-// holdRetryable looks at an ErrorResponse from the server (frame, with its
-// SQLSTATE code): if it fails a Query that may be run again, it is held back
-// and true returned.
-func (s *session) holdRetryable(frame, code []byte) bool {
-	if s.respSent || !retryableCode(code) {
+// holdRetryable looks at an ErrorResponse from the server (its body, with
+// its SQLSTATE code): if it fails a Query that may be run again, it is held
+// back and true returned.
+func (s *session) holdRetryable(body, code []byte) bool {
+	if s.resp.respSent || !retryableCode(code) {
 		return false
 	}
 	s.mu.Lock()
@@ -50,65 +49,44 @@ func (s *session) holdRetryable(frame, code []byte) bool {
 	if !ok {
 		return false
 	}
-	s.retryErr = append(s.retryErr[:0], frame...)
-	s.replaying = true
+	s.resp.retryErr = wire.AppendFrame(s.resp.retryErr[:0], 'E', body)
+	s.resp.replaying = true
 	return true
 }
 
-// replay sends the held Query again. It reports false when it cannot: the
-// client has sent more since (the order of its messages must hold) or the
-// session is ending; the caller then forwards the held error.
-func (s *session) replay(srv *poolmgr.Conn) bool {
+// claimReplay decides, at the ReadyForQuery after a held error, whether
+// the Query is sent again: not when the client has sent more since (the
+// order of its messages must hold), someone is writing to the server, or
+// the session is ending. When it is, the write side is claimed (s.writing)
+// until replay has sent it, so the client goroutine waits.
+func (s *session) claimReplay() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h := s.queue.peek()
-	if s.closing || s.writing || h == nil || !h.retry || len(s.queue.items)-s.queue.head != 1 {
+	if s.life != lifeOpen || s.writing || h == nil || !h.retry || s.queue.len() != 1 {
 		return false
 	}
-	s.replaying = false
+	s.resp.replaying = false
 	s.retries++
-	code := string(errorField(s.retryErr[wire.HeaderLen:], 'C'))
+	s.writing = true
+	code := string(wire.ErrorField(s.resp.retryErr[wire.HeaderLen:], 'C'))
 	s.log.Info("running a statement again after a transient failure",
 		zap.String("code", code), zap.Int("attempt", s.retries+1))
 	if m := s.srv.metrics; m != nil {
 		m.Retries.WithLabelValues(s.service, s.database, code).Inc()
 	}
-	// A short, growing, jittered pause lets the transaction that won
-	// finish; the lock is held so the client cannot slip a message in.
-	time.Sleep(time.Duration(s.retries)*5*time.Millisecond + time.Duration(rand.Int64N(int64(5*time.Millisecond))))
-	s.skipDesc = s.descSent
-	w := srv.Writer()
-	if _, err := w.Write(s.retryBuf); err != nil {
-		return false
-	}
-	if err := w.Flush(); err != nil {
-		return false
-	}
+	s.resp.skipDesc = s.resp.descSent
 	return true
+}
+
+// retryPause is the pause before attempt n: short, growing and jittered,
+// so that the transaction that won can finish.
+func retryPause(n int) time.Duration {
+	return time.Duration(n)*5*time.Millisecond + time.Duration(rand.Int64N(int64(5*time.Millisecond)))
 }
 
 // takeRetryErr returns the held-back error to forward and clears it.
 func (s *session) takeRetryErr() []byte {
-	s.replaying = false
-	return s.retryErr
-}
-
-// errorField returns the value of one field of an ErrorResponse body.
-func errorField(body []byte, field byte) []byte {
-	for len(body) > 0 && body[0] != 0 {
-		t := body[0]
-		body = body[1:]
-		end := 0
-		for end < len(body) && body[end] != 0 {
-			end++
-		}
-		if t == field {
-			return body[:end]
-		}
-		if end == len(body) {
-			return nil
-		}
-		body = body[end+1:]
-	}
-	return nil
+	s.resp.replaying = false
+	return s.resp.retryErr
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -108,7 +107,7 @@ func (s *session) readOnlyBatchLocked(typ byte, body []byte, class *router.Class
 	if typ == 'Q' {
 		return len(body) > 0 && readOnlyClass(class, body)
 	}
-	unnamed := s.unnamedClass
+	unnamed := s.unnamed.class
 	if !s.readOnlyMsgLocked(typ, body, class, &unnamed) {
 		return false
 	}
@@ -214,19 +213,6 @@ func (s *session) attachRouted(node *router.Node) error {
 	return s.attach(s.ctx, addr, nil)
 }
 
-// detachedLocked does the bookkeeping of a server leaving the session.
-// s.mu must be held.
-func (s *session) detachedLocked() {
-	if s.node != nil {
-		s.node.Done()
-		s.node = nil
-	}
-	if s.wrote {
-		s.lastWrite = time.Now()
-		s.wrote = false
-	}
-}
-
 // noteWriteLocked records that a message that may write goes to the
 // attached primary, for read-your-writes.
 func (s *session) noteWriteLocked(typ byte, class *router.Class) {
@@ -267,17 +253,17 @@ func (s *session) settleOutstanding() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		if s.closing {
+		if s.life >= lifeClosing {
 			return net.ErrClosed
 		}
 		if s.server == nil || s.queue.empty() {
 			return nil
 		}
-		if s.pumpRunning {
+		if s.reader != readerNone {
 			s.idle.Wait()
 			continue
 		}
-		handoff := s.pumpInlineLocked()
+		handoff := s.readInlineLocked()
 		s.mu.Lock()
 		if handoff {
 			s.startPumpLocked()

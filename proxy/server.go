@@ -46,7 +46,8 @@ type Server struct {
 	// endedLookups are the parse cache lookups of sessions that ended.
 	endedLookups uint64
 
-	classifier *router.Classifier // nil when classification is off
+	hooks      atomic.Pointer[Hooks] // nil: none (SetHooks)
+	classifier *router.Classifier    // nil when classification is off
 	topo       *router.Topology   // nil: every client goes to the configured primary
 	metrics    *metrics.Metrics   // nil: nothing recorded
 	queryStats *metrics.QueryStats

@@ -105,8 +105,9 @@ func (s *session) ensurePreparedLocked(srv *poolmgr.Conn, st *clientStmt) (name 
 
 // planStatementLocked handles Parse, Bind, Describe and Close in
 // transaction mode. It appends what to send to s.wbuf and pushes the
-// matching entries. raw reports that the client's message goes as is.
-func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, class *router.Class) (raw bool, err error) {
+// matching entries. raw reports that the client's message goes as is;
+// rewritten, that body is a hook's rewrite of it.
+func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, class *router.Class, rewritten bool) (raw bool, err error) {
 	switch typ {
 	case 'P':
 		name, query, types, ok := wire.ParseFields(body)
@@ -115,11 +116,11 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 		}
 		if len(name) == 0 {
 			s.pushLocked(expected{typ: 'P'})
-			return true, nil
+			return s.asIs(typ, body, rewritten), nil
 		}
 		cname := string(name)
 		if _, exists := s.stmts[cname]; exists {
-			s.refuseLocked(errorf("42P05", "prepared statement %q already exists", cname))
+			s.refuseLocked(typ, errorf("42P05", "prepared statement %q already exists", cname))
 			return false, nil
 		}
 		st := s.addStmtLocked(cname, query, types, class)
@@ -137,16 +138,16 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 			return false, fatalf(codeProtocolViolation, "invalid Bind message")
 		}
 		if len(stmt) == 0 {
-			s.boundClass = s.unnamedClass
+			s.bindPortal(portal, s.unnamed.class)
 			s.pushLocked(expected{typ: 'B'})
-			return true, nil
+			return s.asIs(typ, body, rewritten), nil
 		}
 		st, ok := s.stmts[string(stmt)]
 		if !ok {
-			s.refuseLocked(errorf(codeInvalidSQLStatementName, "prepared statement %q does not exist", stmt))
+			s.refuseLocked(typ, errorf(codeInvalidSQLStatementName, "prepared statement %q does not exist", stmt))
 			return false, nil
 		}
-		s.boundClass = st.class
+		s.bindPortal(portal, st.class)
 		name, prepared := s.ensurePreparedLocked(srv, st)
 		if !prepared {
 			s.pushLocked(s.lazyParseEntry(stmt, st))
@@ -155,14 +156,14 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 		s.pushLocked(expected{typ: 'B'})
 		return false, nil
 	case 'D', 'C':
-		if len(body) < 2 || body[len(body)-1] != 0 {
+		kind, cname, ok := wire.Target(body)
+		if !ok {
 			return false, fatalf(codeProtocolViolation, "invalid Describe or Close message")
 		}
-		if body[0] != 'S' || len(body) == 2 {
+		if kind != 'S' || len(cname) == 0 {
 			s.pushLocked(expected{typ: typ})
-			return true, nil
+			return s.asIs(typ, body, rewritten), nil
 		}
-		cname := body[1 : len(body)-1]
 		st, ok := s.stmts[string(cname)]
 		if typ == 'C' {
 			// Closing is the client's business only: the server statement
@@ -175,7 +176,7 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 			return false, nil
 		}
 		if !ok {
-			s.refuseLocked(errorf(codeInvalidSQLStatementName, "prepared statement %q does not exist", cname))
+			s.refuseLocked(typ, errorf(codeInvalidSQLStatementName, "prepared statement %q does not exist", cname))
 			return false, nil
 		}
 		name, prepared := s.ensurePreparedLocked(srv, st)
@@ -186,7 +187,47 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 		s.pushLocked(expected{typ: 'D'})
 		return false, nil
 	}
-	return true, nil
+	return s.asIs(typ, body, rewritten), nil
+}
+
+// trackStatementLocked handles Parse, Bind, Describe and Close in session
+// mode: the server keeps the client's own names, so the messages go as
+// they are (or as a hook rewrote them), and the proxy only keeps track of
+// the statements and portals, for the hooks and the statistics.
+func (s *session) trackStatementLocked(typ byte, body []byte, class *router.Class, rewritten bool) (raw bool) {
+	e := expected{typ: typ}
+	switch typ {
+	case 'P':
+		if name, query, types, ok := wire.ParseFields(body); ok && len(name) > 0 {
+			cname := string(name)
+			st := s.addStmtLocked(cname, query, types, class)
+			e.forgetClient, e.forgetStmt = cname, st
+		}
+	case 'B':
+		if portal, stmt, _, ok := wire.BindStatement(body); ok {
+			if len(stmt) == 0 {
+				s.bindPortal(portal, s.unnamed.class)
+			} else if st := s.stmts[string(stmt)]; st != nil {
+				s.bindPortal(portal, st.class)
+			}
+		}
+	case 'C':
+		if kind, name, ok := wire.Target(body); ok && kind == 'S' && len(name) > 0 {
+			delete(s.stmts, string(name))
+		}
+	}
+	s.pushLocked(e)
+	return s.asIs(typ, body, rewritten)
+}
+
+// asIs reports that the client's frame goes to the server unchanged, or,
+// when a hook rewrote its body, appends the rewritten frame to s.wbuf.
+func (s *session) asIs(typ byte, body []byte, rewritten bool) bool {
+	if !rewritten {
+		return true
+	}
+	s.wbuf = wire.AppendFrame(s.wbuf, typ, body)
+	return false
 }
 
 // lazyParseEntry is the entry of a Parse the proxy sends on its own to
@@ -197,14 +238,6 @@ func (s *session) lazyParseEntry(clientName []byte, st *clientStmt) expected {
 		e.forgetClient, e.forgetStmt = string(clientName), st
 	}
 	return e
-}
-
-// refuseLocked answers the current message with err, in its place in the
-// stream: the server is sent a Parse that fails, so it also skips to Sync
-// and its transaction fails as PostgreSQL's would.
-func (s *session) refuseLocked(err *pgError) {
-	s.wbuf = wire.AppendFrame(s.wbuf, 'P', nul, []byte(rejectedSQL), nul, []byte{0, 0})
-	s.pushLocked(expected{typ: 'P', replaceErr: err})
 }
 
 // forgetLocked undoes the bookkeeping of a message the server did not carry

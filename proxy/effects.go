@@ -41,34 +41,36 @@ func (s *session) unpinLocked(p router.Pin) {
 	}
 }
 
-// commandComplete notes a tag that ends a transaction block: COMMIT and
+// noteCommit notes a tag that ends a transaction block: COMMIT and
 // PREPARE TRANSACTION keep what the block did to session state (as
 // PostgreSQL keeps its settings), ROLLBACK does not. Other tags leave it.
 // The session's effects and the transaction statistics both read it.
-func (s *session) commandComplete(tag []byte) {
+func (s *session) noteCommit(tag []byte) {
 	if len(tag) == 0 {
 		return
 	}
 	switch tag[0] {
 	case 'C':
 		if bytes.HasPrefix(tag, []byte("COMMIT")) {
-			s.txCommit = true
+			s.resp.txCommit = true
 		}
 	case 'P':
 		if bytes.HasPrefix(tag, []byte("PREPARE TRANSACTION")) {
-			s.txCommit = true
+			s.resp.txCommit = true
 		}
 	case 'R':
 		if bytes.HasPrefix(tag, []byte("ROLLBACK")) {
-			s.txCommit = false
+			s.resp.txCommit = false
 		}
 	}
 }
 
-// succeeded records a statement that completed, for its effects.
+// succeeded records a statement that completed, for its effects. In
+// session mode they only matter for the statements the proxy tracks
+// (DISCARD ALL, DEALLOCATE ALL); the server keeps the rest itself.
 func (s *session) succeeded(cl *router.Class) {
-	if cl != nil && len(cl.Effects) > 0 && s.mode == poolmgr.ModeTransaction {
-		s.done = append(s.done, cl)
+	if cl != nil && len(cl.Effects) > 0 {
+		s.resp.done = append(s.resp.done, cl)
 	}
 }
 
@@ -76,16 +78,16 @@ func (s *session) succeeded(cl *router.Class) {
 func (s *session) settleLocked(status byte, srv *poolmgr.Conn) {
 	switch status {
 	case 'I':
-		if len(s.inTx) > 0 && s.txCommit {
-			s.applyLocked(s.inTx, srv)
+		if len(s.resp.inTx) > 0 && s.resp.txCommit {
+			s.applyLocked(s.resp.inTx, srv)
 		}
-		s.applyLocked(s.done, srv)
-		s.inTx, s.done, s.txCommit = s.inTx[:0], s.done[:0], false
+		s.applyLocked(s.resp.done, srv)
+		s.resp.inTx, s.resp.done, s.resp.txCommit = s.resp.inTx[:0], s.resp.done[:0], false
 	case 'T':
-		s.inTx = append(s.inTx, s.done...)
-		s.done = s.done[:0]
+		s.resp.inTx = append(s.resp.inTx, s.resp.done...)
+		s.resp.done = s.resp.done[:0]
 	default: // 'E': what ran in the failed block is rolled back
-		s.done = s.done[:0]
+		s.resp.done = s.resp.done[:0]
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
 )
 
 // Transaction limits, enforced by the proxy for any PostgreSQL version.

@@ -46,7 +46,6 @@ func (s *session) needsBody(typ byte, h *Hooks) bool {
 	return false
 }
 
-
 // forward handles the current client message: the request stage, then
 // the write to the attached server (attaching one first if needed).
 func (s *session) forward(typ byte) error {

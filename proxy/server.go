@@ -48,8 +48,8 @@ type Server struct {
 
 	hooks      atomic.Pointer[Hooks] // nil: none (SetHooks)
 	classifier *router.Classifier    // nil when classification is off
-	topo       *router.Topology   // nil: every client goes to the configured primary
-	metrics    *metrics.Metrics   // nil: nothing recorded
+	topo       *router.Topology      // nil: every client goes to the configured primary
+	metrics    *metrics.Metrics      // nil: nothing recorded
 	queryStats *metrics.QueryStats
 	statsOff   atomic.Bool // disable_stats, changed by Reload
 	// waits are the pool wait sketches by pool; ended the counters of

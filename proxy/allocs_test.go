@@ -6,10 +6,13 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/proxy"
 )
 
 // rawClient speaks the protocol by hand after pgconn's login, so that the
@@ -89,13 +92,27 @@ func TestForwardingDoesNotAllocate(t *testing.T) {
 	sync := &pgproto3.Sync{}
 	c.send(t, parse, sync)
 	c.untilReady(t)
+	// Hooks that act on nothing: a configured policy that no statement of
+	// these matches costs no allocation either.
+	var events atomic.Int64
+	idle := &proxy.Hooks{
+		Statement:       func(proxy.StatementEvent) proxy.Verdict { events.Add(1); return proxy.Verdict{} },
+		Bind:            func(proxy.BindEvent) proxy.Verdict { events.Add(1); return proxy.Verdict{} },
+		Described:       func(proxy.DescribedEvent) bool { events.Add(1); return false },
+		CommandComplete: func(proxy.CompleteEvent) { events.Add(1) },
+		Ready:           func(proxy.ReadyEvent) { events.Add(1) },
+	}
 	for _, tc := range []struct {
-		name string
-		msgs []pgproto3.FrontendMessage
+		name  string
+		msgs  []pgproto3.FrontendMessage
+		hooks *proxy.Hooks
 	}{
-		{"simple", []pgproto3.FrontendMessage{query}},
-		{"prepared", []pgproto3.FrontendMessage{bind, exec, sync}},
+		{"simple", []pgproto3.FrontendMessage{query}, nil},
+		{"prepared", []pgproto3.FrontendMessage{bind, exec, sync}, nil},
+		{"simple with hooks", []pgproto3.FrontendMessage{query}, idle},
+		{"prepared with hooks", []pgproto3.FrontendMessage{bind, exec, sync}, idle},
 	} {
+		e.srv.SetHooks(tc.hooks)
 		round := func(n int) {
 			for i := 0; i < n; i++ {
 				c.send(t, tc.msgs...)
@@ -114,6 +131,9 @@ func TestForwardingDoesNotAllocate(t *testing.T) {
 		if perStatement >= 0.5 {
 			t.Errorf("%s: %.2f allocations per statement, want none", tc.name, perStatement)
 		}
+	}
+	if events.Load() == 0 {
+		t.Error("the hooks were not called, so the test did not measure them")
 	}
 	if e.srv.QueryStats().Len() == 0 {
 		t.Error("statistics were not recorded, so the test did not measure them")

@@ -260,6 +260,9 @@ func (s *session) planLocked(typ byte, body []byte, class *router.Class, v Verdi
 				s.batchStart = e.sent
 			}
 		}
+		if typ == 'E' {
+			s.describeForRowsLocked(&e, body)
+		}
 		raw = !rewritten
 		if rewritten {
 			s.wbuf = wire.AppendFrame(s.wbuf, typ, body)
@@ -296,6 +299,29 @@ func (s *session) planLocked(typ byte, body []byte, class *router.Class, v Verdi
 		return false, nil
 	}
 	return true, nil
+}
+
+// describeForRowsLocked prepares an Execute's rows for the Row hook: the
+// Execute runs its portal's statement, whose rows go to the hook as its
+// RowDescription decided; a statement not described yet (the driver did
+// not ask) is described now, by a Describe of the portal the proxy sends
+// before the Execute and whose answer only the hooks see. s.mu must be
+// held; the client's Execute goes after s.wbuf.
+func (s *session) describeForRowsLocked(e *expected, body []byte) {
+	h := s.srv.hooks.Load()
+	if h == nil || h.Described == nil {
+		return
+	}
+	name, ok := executePortal(body)
+	if !ok {
+		return
+	}
+	p := s.portalOf(name)
+	e.rowsOf = p.st
+	if p.st == nil || p.st.rows == rowsUnknown {
+		s.wbuf = wire.AppendFrame(s.wbuf, 'D', []byte{'P'}, name, nul)
+		s.pushLocked(expected{typ: 'D', swallow: true, describes: p.st})
+	}
 }
 
 // refuseLocked answers the current message with err, in its place in the
@@ -446,25 +472,32 @@ func executePortal(body []byte) ([]byte, bool) {
 	return nil, false
 }
 
-// portalClass is the class of what a portal runs (client goroutine).
-func (s *session) portalClass(name []byte) *router.Class {
+// portalOf is what a portal runs (client goroutine).
+func (s *session) portalOf(name []byte) portal {
 	if len(name) == 0 {
-		return s.boundClass
+		return s.bound
 	}
 	return s.portals[string(name)]
 }
 
+// portalClass is the class of what a portal runs (client goroutine).
+func (s *session) portalClass(name []byte) *router.Class { return s.portalOf(name).class }
+
 // bindPortal records what a Bind's portal runs (client goroutine). Named
 // portals are few and short-lived; the map is dropped once it holds many.
-func (s *session) bindPortal(portal []byte, cl *router.Class) {
-	if len(portal) == 0 {
-		s.boundClass = cl
+func (s *session) bindPortal(name []byte, st *clientStmt) {
+	p := portal{st: st}
+	if st != nil {
+		p.class = st.class
+	}
+	if len(name) == 0 {
+		s.bound = p
 		return
 	}
 	if s.portals == nil || len(s.portals) >= maxPortals {
-		s.portals = make(map[string]*router.Class)
+		s.portals = make(map[string]portal)
 	}
-	s.portals[string(portal)] = cl
+	s.portals[string(name)] = p
 }
 
 // maxPortals bounds the named portals remembered; a forgotten one's

@@ -97,22 +97,10 @@ func (s *session) respond(srv *poolmgr.Conn, typ byte, body []byte) respAction {
 	case 'E':
 		return s.respondError(srv, body)
 	case '1', '2', '3', 'n':
-		forward, replacement := s.completed()
+		forward, replacement := s.completed(typ)
 		return respAction{out: replacement, forward: forward}
 	case 'T':
-		s.popIf('D')
-		rs.rows = false
-		if rs.skipDesc {
-			// A Query run again describes its rows again; the client
-			// has that description already.
-			rs.skipDesc = false
-			return respAction{}
-		}
-		rs.descSent = true
-		if h := s.srv.hooks.Load(); h != nil && h.Described != nil {
-			rs.rowClass = s.headClass()
-			rs.rows = h.Described(DescribedEvent{Session: s.hookInfo(), Class: rs.rowClass, Body: body}) && h.Row != nil
-		}
+		return s.described(body)
 	case 'D':
 		rs.respSent = true
 		if rs.rows {
@@ -168,10 +156,9 @@ func (s *session) commandComplete(srv *poolmgr.Conn, tag []byte) {
 	}
 }
 
-// headClass is the class of what the server is answering now.
-func (s *session) headClass() *router.Class {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// headClassLocked is the class of what the server is answering now.
+// s.mu must be held.
+func (s *session) headClassLocked() *router.Class {
 	for i := s.queue.head; i < len(s.queue.items); i++ {
 		if e := &s.queue.items[i]; e.typ == 'Q' || e.typ == 'E' || e.typ == 'F' {
 			return e.class
@@ -205,8 +192,10 @@ func (s *session) respondError(srv *poolmgr.Conn, body []byte) respAction {
 }
 
 // completed pops the entry a success response answers and says whether
-// to forward it, or what to send instead.
-func (s *session) completed() (forward bool, replacement []byte) {
+// to forward it, or what to send instead. After a BindComplete the rows
+// that follow are the next Execute's: whether they go to the Row hook is
+// its statement's (see described).
+func (s *session) completed(typ byte) (forward bool, replacement []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h := s.queue.peek()
@@ -218,7 +207,61 @@ func (s *session) completed() (forward bool, replacement []byte) {
 		h.verify.verified = true
 	}
 	s.queue.pop()
+	if typ == '2' {
+		s.resp.rows = false
+		if next := s.queue.peek(); next != nil && next.typ == 'E' && next.rowsOf != nil {
+			s.resp.rows, s.resp.rowClass = next.rowsOf.rows == rowsHooked, next.class
+		}
+	}
 	return forward, replacement
+}
+
+// described handles a RowDescription: the Described event decides whether
+// the rows of this result set go to the Row hook, and a statement's
+// decision is kept on it for its later Executes. The answer to a Describe
+// the proxy sent on its own (describeForRowsLocked) is not the client's.
+func (s *session) described(body []byte) respAction {
+	rs := &s.resp
+	h := s.srv.hooks.Load()
+	s.mu.Lock()
+	var describes *clientStmt
+	swallow := false
+	cl := (*router.Class)(nil)
+	if e := s.queue.peek(); e != nil && e.typ == 'D' {
+		describes, swallow = e.describes, e.swallow
+		if describes != nil {
+			cl = describes.class
+		}
+		s.queue.pop()
+	}
+	if !swallow && rs.skipDesc {
+		// A Query run again describes its rows again; the client has
+		// that description already.
+		rs.skipDesc = false
+		s.mu.Unlock()
+		return respAction{}
+	}
+	if cl == nil {
+		cl = s.headClassLocked()
+	}
+	s.mu.Unlock()
+	rs.rows, rs.rowClass = false, cl
+	if h != nil && h.Described != nil {
+		rs.rows = h.Described(DescribedEvent{Session: s.hookInfo(), Class: cl, Body: body}) && h.Row != nil
+		if describes != nil {
+			s.mu.Lock()
+			describes.rows = rowsPlain
+			if rs.rows {
+				describes.rows = rowsHooked
+			}
+			s.mu.Unlock()
+		}
+	}
+	if swallow {
+		return respAction{}
+	}
+	rs.descSent = true
+	return respAction{forward: true}
 }
 
 func (s *session) popIf(typ byte) {

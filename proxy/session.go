@@ -42,6 +42,9 @@ type expected struct {
 	forgetStmt   *clientStmt
 	forgetKey    string
 	verify       *clientStmt // marked verified when this Parse succeeds
+	// describes: this Describe's RowDescription is of that statement (its
+	// rows' fate is kept on it); rowsOf: this Execute runs it.
+	describes, rowsOf *clientStmt
 	// class of the statement(s) this message runs (Query, Execute): its
 	// effects on session state apply once it has succeeded.
 	class *router.Class
@@ -122,8 +125,8 @@ type session struct {
 	// the named portals run.
 	unnamed    clientStmt
 	unnamedSet bool
-	boundClass *router.Class
-	portals    map[string]*router.Class
+	bound      portal
+	portals    map[string]portal
 	copyClass  *router.Class // the statement a COPY FROM STDIN in progress runs
 	copyState  copyState
 
@@ -194,6 +197,13 @@ type session struct {
 
 	// Owned by the reader: the response stage (response.go).
 	resp respState
+}
+
+// portal is what a portal runs: the statement (nil if unknown) and its
+// class.
+type portal struct {
+	st    *clientStmt
+	class *router.Class
 }
 
 // copyState is where a COPY FROM STDIN is, for the request stage.

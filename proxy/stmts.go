@@ -45,7 +45,19 @@ type clientStmt struct {
 	// server is forgotten if its first real Parse fails, as the client's
 	// Parse would have failed on PostgreSQL.
 	verified bool
+	// rows: whether the Row hook wants its result rows, once a
+	// RowDescription of it has been seen (guarded by s.mu).
+	rows rowsHook
 }
+
+// rowsHook says whether the rows of a statement go to the Row hook.
+type rowsHook uint8
+
+const (
+	rowsUnknown rowsHook = iota // not described yet
+	rowsPlain                   // forwarded as they are
+	rowsHooked                  // each DataRow goes to the Row hook
+)
 
 // addStmtLocked records a client's named statement.
 func (s *session) addStmtLocked(name string, query, types []byte, class *router.Class) *clientStmt {
@@ -115,6 +127,7 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 			return false, fatalf(codeProtocolViolation, "invalid Parse message")
 		}
 		if len(name) == 0 {
+			s.unnamed.rows = rowsUnknown
 			s.pushLocked(expected{typ: 'P'})
 			return s.asIs(typ, body, rewritten), nil
 		}
@@ -138,7 +151,7 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 			return false, fatalf(codeProtocolViolation, "invalid Bind message")
 		}
 		if len(stmt) == 0 {
-			s.bindPortal(portal, s.unnamed.class)
+			s.bindPortal(portal, &s.unnamed)
 			s.pushLocked(expected{typ: 'B'})
 			return s.asIs(typ, body, rewritten), nil
 		}
@@ -147,7 +160,7 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 			s.refuseLocked(typ, errorf(codeInvalidSQLStatementName, "prepared statement %q does not exist", stmt))
 			return false, nil
 		}
-		s.bindPortal(portal, st.class)
+		s.bindPortal(portal, st)
 		name, prepared := s.ensurePreparedLocked(srv, st)
 		if !prepared {
 			s.pushLocked(s.lazyParseEntry(stmt, st))
@@ -161,7 +174,11 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 			return false, fatalf(codeProtocolViolation, "invalid Describe or Close message")
 		}
 		if kind != 'S' || len(cname) == 0 {
-			s.pushLocked(expected{typ: typ})
+			e := expected{typ: typ}
+			if typ == 'D' && kind == 'S' {
+				e.describes = &s.unnamed
+			}
+			s.pushLocked(e)
 			return s.asIs(typ, body, rewritten), nil
 		}
 		st, ok := s.stmts[string(cname)]
@@ -184,7 +201,7 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 			s.pushLocked(s.lazyParseEntry(cname, st))
 		}
 		s.wbuf = wire.AppendFrame(s.wbuf, 'D', []byte{'S'}, []byte(name), nul)
-		s.pushLocked(expected{typ: 'D'})
+		s.pushLocked(expected{typ: 'D', describes: st})
 		return false, nil
 	}
 	return s.asIs(typ, body, rewritten), nil
@@ -202,13 +219,23 @@ func (s *session) trackStatementLocked(typ byte, body []byte, class *router.Clas
 			cname := string(name)
 			st := s.addStmtLocked(cname, query, types, class)
 			e.forgetClient, e.forgetStmt = cname, st
+		} else if ok {
+			s.unnamed.rows = rowsUnknown
 		}
 	case 'B':
 		if portal, stmt, _, ok := wire.BindStatement(body); ok {
 			if len(stmt) == 0 {
-				s.bindPortal(portal, s.unnamed.class)
-			} else if st := s.stmts[string(stmt)]; st != nil {
-				s.bindPortal(portal, st.class)
+				s.bindPortal(portal, &s.unnamed)
+			} else {
+				s.bindPortal(portal, s.stmts[string(stmt)])
+			}
+		}
+	case 'D':
+		if kind, name, ok := wire.Target(body); ok && kind == 'S' {
+			if len(name) == 0 {
+				e.describes = &s.unnamed
+			} else {
+				e.describes = s.stmts[string(name)]
 			}
 		}
 	case 'C':

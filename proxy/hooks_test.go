@@ -352,3 +352,59 @@ func TestRowHookWithoutDescribe(t *testing.T) {
 		hc.Conn.Close()
 	}
 }
+
+// A FunctionCall goes to the FunctionCall hook; refused, the client gets
+// the refusal and a ReadyForQuery, and goes on.
+func TestFunctionCallHook(t *testing.T) {
+	e := startProxy(t, nil)
+	e.srv.SetHooks(&proxy.Hooks{FunctionCall: func(ev proxy.FunctionCallEvent) proxy.Verdict {
+		if binary.BigEndian.Uint32(ev.Body) == 2026 { // pg_backend_pid()
+			return proxy.Verdict{Refuse: &proxy.Refusal{Code: "42501", Message: "function calls are not allowed"}}
+		}
+		return proxy.Verdict{}
+	}})
+	pc, err := pgconn.Connect(ctxT(t), e.url("sess", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, err := pc.Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.Conn.Close()
+	fe := pgproto3.NewFrontend(hc.Conn, hc.Conn)
+	fe.Send(&pgproto3.FunctionCall{Function: 2026})
+	_ = fe.Flush()
+	var got []string
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if er, ok := m.(*pgproto3.ErrorResponse); ok {
+			got = append(got, er.Code)
+		} else {
+			got = append(got, fmt.Sprintf("%T", m))
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	if strings.Join(got, " ") != "42501 *pgproto3.ReadyForQuery" {
+		t.Errorf("a refused FunctionCall answered %q, want the refusal then ReadyForQuery", got)
+	}
+	fe.Send(&pgproto3.Query{String: "select 1"})
+	_ = fe.Flush()
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if er, ok := m.(*pgproto3.ErrorResponse); ok {
+			t.Fatalf("after the refusal: %s", er.Message)
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+}

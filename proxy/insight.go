@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgshield/pgshield/internal/wire"
 	"github.com/pgshield/pgshield/metrics"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/router"
@@ -182,22 +183,11 @@ func (s *session) waited(d time.Duration, backend string) {
 	in.waitSketch.Add(in.handles.Stripe, d)
 }
 
-// tagged reads the row count of a CommandComplete tag (pump side).
+// tagged reads the row count of a CommandComplete tag (reader side).
 func (s *session) tagged(tag []byte) {
-	tag = bytes.TrimSuffix(tag, []byte{0})
-	if len(tag) == 0 {
+	n, ok := wire.TagRows(tag)
+	if !ok {
 		return
-	}
-	i := bytes.LastIndexByte(tag, ' ')
-	if i < 0 {
-		return
-	}
-	var n int64
-	for _, c := range tag[i+1:] {
-		if c < '0' || c > '9' {
-			return
-		}
-		n = n*10 + int64(c-'0')
 	}
 	s.resp.stmtRows += n
 	switch tag[0] {

@@ -430,3 +430,25 @@ func TestQueryStatsRows(t *testing.T) {
 		t.Errorf("rows: update %d, select %d; want 6 and 6 (3 per call)", u, s)
 	}
 }
+
+// In session pooling, extended-protocol statements are attributed to their
+// fingerprint as in transaction pooling.
+func TestSessionModeExtendedStatementsFingerprinted(t *testing.T) {
+	e := startProxy(t, nil)
+	ctx := ctxT(t)
+	c := e.connect(t, "sess", "")
+	for i := 0; i < 3; i++ {
+		var n int
+		if err := c.QueryRow(ctx, "select $1::int * 2 as session_fp", i).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pollFor(t, "the statement in the query statistics", 5*time.Second, func() bool {
+		for _, q := range e.srv.QueryStats().Top(0) {
+			if strings.Contains(q.Query, "session_fp") && q.Calls == 3 {
+				return true
+			}
+		}
+		return false
+	})
+}

@@ -57,10 +57,21 @@ fuzz:
 
 ## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer
 ## (installs Debian's pgbouncer when missing); results in bench/RESULTS.md.
+## BASELINE=<git ref> also builds that ref into bin/pgshield-baseline (from
+## a git archive in a temporary directory) and runs it as a third target,
+## "pgshield (baseline)", in the pooler comparison.
 BENCH_FLAGS ?=
+BASELINE ?=
 bench: build
 	@command -v pgbouncer >/dev/null 2>&1 || { echo "installing pgbouncer"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; }
-	$(GO) run ./bench -pgshield $(BIN)/pgshield $(BENCH_FLAGS)
+ifneq ($(strip $(BASELINE)),)
+	@set -e; ref=$$(git rev-parse --verify --quiet '$(BASELINE)^{commit}') || { echo "BASELINE=$(BASELINE): not a commit"; exit 1; }; \
+	src=$$(mktemp -d); trap 'rm -rf "$$src"' EXIT; \
+	echo "building the baseline pgshield from $(BASELINE) ($$(git rev-parse --short $$ref))"; \
+	git archive --format=tar $$ref | tar -x -C "$$src"; \
+	cd "$$src" && $(GO) build -trimpath -ldflags "-X main.version=$$(git -C '$(CURDIR)' describe --tags --always $$ref) -X main.commit=$$(git -C '$(CURDIR)' rev-parse --short $$ref)" -o '$(CURDIR)/$(BIN)/pgshield-baseline' ./cmd/pgshield
+endif
+	$(GO) run ./bench -pgshield $(BIN)/pgshield $(if $(strip $(BASELINE)),-baseline $(BIN)/pgshield-baseline) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

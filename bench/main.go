@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,18 +27,21 @@ func main() {
 	pgshieldBin := flag.String("pgshield", "bin/pgshield", "pgshield binary")
 	idle := flag.Int("idle-clients", 5000, "idle clients for the memory measure")
 	many := flag.Int("many-clients", 10000, "concurrent clients for the scale test")
-	only := flag.String("only", "", "run one scenario and print it: failover or stats")
+	baseline := flag.String("baseline", "", "another pgshield binary, run as a third target in the pooler comparison (pgshield (baseline))")
+	only := flag.String("only", "", "run one scenario and print it: poolers, failover or stats")
 	flag.Parse()
 	var err error
 	switch *only {
+	case "poolers":
+		err = onlyPoolers(*duration, *rounds, *pgshieldBin, *baseline)
 	case "failover":
 		err = onlyFailover(*pgshieldBin)
 	case "stats":
 		err = onlyStats(*rounds, *pgshieldBin)
 	case "":
-		err = run(*duration, *rounds, *out, *pgshieldBin, *idle, *many)
+		err = run(*duration, *rounds, *out, *pgshieldBin, *baseline, *idle, *many)
 	default:
-		err = fmt.Errorf("-only %q: want failover or stats", *only)
+		err = fmt.Errorf("-only %q: want poolers, failover or stats", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -60,6 +64,25 @@ func onlyFailover(pgshieldBin string) error {
 	return f.err
 }
 
+// onlyPoolers runs the pooler comparison alone (pgshield, PgBouncer,
+// direct and, with -baseline, the baseline pgshield) and prints its
+// section.
+func onlyPoolers(duration time.Duration, rounds int, pgshieldBin, baselineBin string) error {
+	e, err := newEnv(context.Background())
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	if err := e.startPoolers(pgshieldBin, baselineBin); err != nil {
+		return err
+	}
+	defer e.stopPoolers()
+	res := &results{duration: duration, rounds: rounds, baseline: e.baseline != nil}
+	e.poolerRounds(res, duration, rounds)
+	fmt.Println(res.poolersMarkdown())
+	return nil
+}
+
 func onlyStats(rounds int, pgshieldBin string) error {
 	e, err := newEnv(context.Background())
 	if err != nil {
@@ -78,6 +101,7 @@ type env struct {
 	pgbench   string
 	shield    *proc // classification on
 	shieldOff *proc // classification off
+	baseline  *proc // the -baseline binary, configured as shield; or nil
 	bouncer   *proc
 	log       *strings.Builder
 }
@@ -129,7 +153,111 @@ func (e *env) close() {
 	os.RemoveAll(e.dir)
 }
 
-func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN, manyN int) error {
+// startPoolers starts pgshield with classification on and off, PgBouncer
+// and, given baselineBin, the baseline pgshield configured as the first.
+func (e *env) startPoolers(pgshieldBin, baselineBin string) (err error) {
+	defer func() {
+		if err != nil {
+			e.stopPoolers()
+		}
+	}()
+	if e.shield, err = startPgshield(e.dir, "on", pgshieldBin, e.pg, shieldOptions{}); err != nil {
+		return err
+	}
+	if e.shieldOff, err = startPgshield(e.dir, "off", pgshieldBin, e.pg, shieldOptions{noClassify: true}); err != nil {
+		return err
+	}
+	if baselineBin != "" {
+		if e.baseline, err = startPgshield(e.dir, "baseline", baselineBin, e.pg, shieldOptions{}); err != nil {
+			return fmt.Errorf("baseline pgshield %s: %w", baselineBin, err)
+		}
+	}
+	if e.bouncer, err = startPgbouncer(e.dir, e.pg); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (e *env) stopPoolers() {
+	for _, p := range []*proc{e.shield, e.shieldOff, e.baseline, e.bouncer} {
+		p.stop()
+	}
+}
+
+// The targets of the pooler comparison, by the names results files their
+// runs under.
+const (
+	tShield   = "pgshield"
+	tBouncer  = "pgbouncer"
+	tBaseline = "pgshield-baseline"
+	tDirect   = "direct"
+)
+
+// roundOrder is the order of the poolers in round r (from 0): as given in
+// even rounds, reversed in odd ones, so that over an even number of rounds
+// every target has the same mean position and every pair has run in both
+// orders equally often, and no target always runs on a warmer machine.
+func roundOrder(targets []string, r int) []string {
+	out := slices.Clone(targets)
+	if r%2 == 1 {
+		slices.Reverse(out)
+	}
+	return out
+}
+
+// poolerRounds runs the pooler comparison: pgbench -S with 50 clients
+// through each pooler (and the baseline, when there is one), 20 clients
+// direct, every mode, for rounds rounds, with each pooler's CPU time read
+// before and after each run.
+func (e *env) poolerRounds(res *results, duration time.Duration, rounds int) {
+	targets := []string{tShield, tBouncer}
+	if e.baseline != nil {
+		// The two pgshields at either end: they swap places every round.
+		targets = append(targets, tBaseline)
+	}
+	// A short unmeasured run per target first: a pooler that sat idle
+	// otherwise pays its warm-up inside the first measured run.
+	warm := append(slices.Clone(targets), tDirect)
+	if e.shieldOff != nil {
+		warm = append(warm, "pgshield-noclassify")
+	}
+	for _, name := range warm {
+		e.pgbenchS(e.portOf(name), "simple", 20, 2*time.Second)
+	}
+	say("pgbench -S, 50 clients, %d rounds of %s per target and mode", rounds, duration)
+	for r := 0; r < rounds; r++ {
+		for _, mode := range []string{"simple", "extended", "prepared"} {
+			for _, name := range append(roundOrder(targets, r), tDirect) {
+				var m measure
+				if name == tDirect {
+					m = e.pgbenchS(e.pg.Port, mode, 20, duration)
+				} else {
+					m = e.pgbenchThrough(e.procOf(name), mode, 50, duration)
+				}
+				cpu := "n/a"
+				if m.cpuRead {
+					cpu = fmt.Sprintf("%.2f", m.cpuPerTx())
+				}
+				say("round %d %-9s %-17s tps %8.0f  latency %6.2f ms  pooler cpu %s µs/tx  failed %d %s", r+1, mode, name, m.tps, m.latency, cpu, m.failed, m.note)
+				res.add(name, mode, m)
+			}
+		}
+	}
+}
+
+// pgbenchThrough runs pgbench -S through pooler p and records the CPU
+// time p used meanwhile.
+func (e *env) pgbenchThrough(p *proc, mode string, clients int, d time.Duration) measure {
+	before, errBefore := p.cpuTime()
+	m := e.pgbenchS(p.port, mode, clients, d)
+	after, errAfter := p.cpuTime()
+	if errBefore == nil && errAfter == nil {
+		m.cpu, m.cpuRead = after-before, true
+	}
+	return m
+}
+
+func run(duration time.Duration, rounds int, outPath, pgshieldBin, baselineBin string, idleN, manyN int) error {
 	e, err := newEnv(context.Background())
 	if err != nil {
 		return err
@@ -137,20 +265,12 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN,
 	defer e.close()
 	dir := e.dir
 
-	if e.shield, err = startPgshield(dir, "on", pgshieldBin, e.pg, shieldOptions{}); err != nil {
+	if err := e.startPoolers(pgshieldBin, baselineBin); err != nil {
 		return err
 	}
-	defer e.shield.stop()
-	if e.shieldOff, err = startPgshield(dir, "off", pgshieldBin, e.pg, shieldOptions{noClassify: true}); err != nil {
-		return err
-	}
-	defer e.shieldOff.stop()
-	if e.bouncer, err = startPgbouncer(dir, e.pg); err != nil {
-		return err
-	}
-	defer e.bouncer.stop()
+	defer e.stopPoolers()
 
-	res := &results{duration: duration, rounds: rounds}
+	res := &results{duration: duration, rounds: rounds, baseline: e.baseline != nil}
 	// Memory first, while both poolers are fresh processes: after load a
 	// warm heap would hide what idle clients cost.
 	say("%d idle clients: memory", idleN)
@@ -162,31 +282,7 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN,
 	if err != nil {
 		return fmt.Errorf("idle clients through pgbouncer: %w", err)
 	}
-	// A short unmeasured run per target first: a pooler that sat idle
-	// otherwise pays its warm-up inside the first measured run.
-	for _, name := range []string{"pgshield", "pgshield-noclassify", "pgbouncer", "direct"} {
-		e.pgbenchS(e.portOf(name), "simple", 20, 2*time.Second)
-	}
-	say("pgbench -S, 50 clients, %d rounds of %s per target and mode", rounds, duration)
-	for r := 0; r < rounds; r++ {
-		for _, mode := range []string{"simple", "extended", "prepared"} {
-			// Alternate the order each round so neither pooler always runs
-			// on a warmer machine.
-			order := []string{"pgshield", "pgbouncer"}
-			if r%2 == 1 {
-				order = []string{"pgbouncer", "pgshield"}
-			}
-			for _, name := range append(order, "direct") {
-				port, clients := e.portOf(name), 50
-				if name == "direct" {
-					clients = 20
-				}
-				m := e.pgbenchS(port, mode, clients, duration)
-				say("round %d %-9s %-8s tps %8.0f  latency %6.2f ms  failed %d %s", r+1, mode, name, m.tps, m.latency, m.failed, m.note)
-				res.add(name, mode, m)
-			}
-		}
-	}
+	e.poolerRounds(res, duration, rounds)
 	say("SQL classification on versus off (simple and prepared)")
 	for r := 0; r < rounds; r++ {
 		for _, mode := range []string{"simple", "prepared"} {
@@ -206,22 +302,32 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin string, idleN,
 	say("failover: primary and synchronous replica, 20 writers, pg_ctl stop -m immediate")
 	res.failover = failover(dir, pgshieldBin)
 
-	res.versions = versions(e, pgshieldBin)
+	res.versions = versions(e, pgshieldBin, baselineBin)
 	report := res.markdown(idleN, manyN)
 	fmt.Println(report)
 	return os.WriteFile(outPath, []byte(report), 0o644)
 }
 
 func (e *env) portOf(name string) int {
-	switch name {
-	case "pgshield":
-		return e.shield.port
-	case "pgshield-noclassify":
-		return e.shieldOff.port
-	case "pgbouncer":
-		return e.bouncer.port
+	if p := e.procOf(name); p != nil {
+		return p.port
 	}
 	return e.pg.Port
+}
+
+// procOf is the pooler of a target; nil for direct.
+func (e *env) procOf(name string) *proc {
+	switch name {
+	case tShield:
+		return e.shield
+	case "pgshield-noclassify":
+		return e.shieldOff
+	case tBaseline:
+		return e.baseline
+	case tBouncer:
+		return e.bouncer
+	}
+	return nil
 }
 
 func (e *env) pgbenchCmd(port int, args ...string) *exec.Cmd {
@@ -238,6 +344,18 @@ type measure struct {
 	failed       int
 	txns         int // transactions pgbench completed
 	note         string
+	// cpu is the CPU time the pooler used during the run, when cpuRead.
+	cpu     time.Duration
+	cpuRead bool
+}
+
+// cpuPerTx is the pooler's CPU time per transaction in microseconds, 0
+// without a reading or a transaction.
+func (m measure) cpuPerTx() float64 {
+	if !m.cpuRead || m.txns <= 0 {
+		return 0
+	}
+	return float64(m.cpu.Nanoseconds()) / 1e3 / float64(m.txns)
 }
 
 var (
@@ -286,7 +404,7 @@ func tool(name string) (string, error) {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-func versions(e *env, pgshieldBin string) map[string]string {
+func versions(e *env, pgshieldBin, baselineBin string) map[string]string {
 	v := map[string]string{"go": runtime.Version(), "cpus": strconv.Itoa(runtime.NumCPU())}
 	if out, err := exec.Command(e.pgbench, "--version").Output(); err == nil {
 		v["pgbench"] = strings.TrimSpace(string(out))
@@ -294,8 +412,17 @@ func versions(e *env, pgshieldBin string) map[string]string {
 	if out, err := exec.Command("pgbouncer", "--version").Output(); err == nil {
 		v["pgbouncer"] = strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
 	}
-	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+	if out, err := exec.Command(pgshieldBin, "version").Output(); err == nil {
+		v["pgshield"] = strings.TrimPrefix(strings.TrimSpace(string(out)), "pgshield ")
+	} else if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
 		v["pgshield"] = strings.TrimSpace(string(out))
+	}
+	if baselineBin != "" {
+		if out, err := exec.Command(baselineBin, "version").Output(); err == nil {
+			v["pgshield (baseline)"] = strings.TrimPrefix(strings.TrimSpace(string(out)), "pgshield ")
+		} else {
+			v["pgshield (baseline)"] = "unknown (no `version` output)"
+		}
 	}
 	if f, err := os.Open("/proc/cpuinfo"); err == nil {
 		sc := bufio.NewScanner(f)

@@ -53,7 +53,7 @@ fuzz:
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzParseStartup -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzClientMessages -fuzztime $(FUZZTIME)
 	$(GO) test ./router -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/config -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./cmd/pgshield/config -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 
 ## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer
 ## (installs Debian's pgbouncer when missing); results in bench/RESULTS.md.

@@ -29,10 +29,10 @@ const (
 	defaultSourceCode                = CodeObjectNotInPrerequisiteState
 	databaseQueryTimeout             = 10 * time.Second
 	defaultQueries                   = 20
-	commandsHint                     = "commands: SHOW <item>, PAUSE [database], RESUME [database], RELOAD, KILL <client id>, SET <setting> = <value>, READMIT <database> <host:port>, HELP"
-	showHint                         = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, HELP"
-	showTag                          = "SHOW"
-	maxQueriesArgument               = 100000
+	// showHint is showItemsHint() as a constant (a test keeps them equal).
+	showHint           = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, HELP" // showItemsHint(), as a constant; a test keeps them equal
+	showTag            = "SHOW"
+	maxQueriesArgument = 100000
 )
 
 // Error is an error the console reports as an ErrorResponse with severity
@@ -188,94 +188,298 @@ type answer struct {
 	tag     string
 }
 
+// command is one console command: the word it starts with, the arguments
+// it takes, what SHOW HELP says about it and what runs it. Adding a
+// command is adding an entry to commandTable (a SHOW item, to showTable).
+type command struct {
+	name  string  // the first word, upper case
+	usage string  // KILL <client id>: in SHOW HELP and the hint of an unknown command
+	help  string  // its line in SHOW HELP ("": none; SHOW lists its items instead)
+	args  argRule // nil: run reads the arguments itself
+	run   func(c *Console, ctx context.Context, args []token) (*answer, error)
+}
+
+// showItem is one item of SHOW.
+type showItem struct {
+	name  string // upper case: POOLS
+	usage string // SHOW QUERIES [n]; "": SHOW and the name
+	help  string
+	args  argRule // nil: none
+	run   func(c *Console, ctx context.Context, args []token) (*answer, error)
+}
+
+// argRule checks a command's arguments before it runs; cmd is the command
+// as messages name it (KILL, SHOW POOLS).
+type argRule func(cmd string, args []token) error
+
+// commandTable is every command, in the order of SHOW HELP.
+func commandTable() []command {
+	return []command{
+		{name: "SHOW", usage: "SHOW <item>", args: needsItem, run: (*Console).showCommand},
+		{name: "PAUSE", usage: "PAUSE [database]", args: atMostOneDatabase, run: (*Console).pause,
+			help: "hold new transactions of one or every database until RESUME"},
+		{name: "RESUME", usage: "RESUME [database]", args: atMostOneDatabase, run: (*Console).resume,
+			help: "let paused transactions go on"},
+		{name: "RELOAD", usage: "RELOAD", args: noArgs, run: (*Console).reload,
+			help: "reload the configuration file, the console's SETs on top; a bad file is refused and the old one stays"},
+		{name: "KILL", usage: "KILL <client id>", run: (*Console).kill,
+			args: exactly(1, "a client id: KILL <client id>", "one client id", "the ids are in the id column of SHOW CLIENTS"),
+			help: "disconnect a client (ids from SHOW CLIENTS)"},
+		{name: "SET", usage: "SET <setting> = <value>", run: (*Console).set,
+			help: "change a setting of the configuration file at run time, until RESET or restart (also SET <setting> TO <value>)"},
+		{name: "RESET", usage: "RESET <setting>|ALL", run: (*Console).reset,
+			args: exactly(1, "a setting: RESET <setting> or RESET ALL", "one setting", "SHOW CONFIG marks with set the values a console SET gave"),
+			help: "drop the SET of one setting (ALL: of every setting): the configuration file's value applies again"},
+		{name: "READMIT", usage: "READMIT <database> <host:port>", run: (*Console).readmit,
+			args: exactly(2, "a database and a backend: READMIT <database> <host:port>", "", "the fenced backends are in SHOW BACKENDS"),
+			help: "put a fenced backend back into service"},
+		{name: "HELP", usage: "HELP", args: noArgs, run: func(c *Console, ctx context.Context, _ []token) (*answer, error) {
+			return c.show(ctx, "HELP", nil)
+		}},
+	}
+}
+
+// showTable is every SHOW item, in the order of SHOW HELP.
+func showTable() []showItem {
+	items := []showItem{
+		{name: "POOLS", help: "pools per service, database and backend: clients, servers, limits, wait times", run: table((*Console).pools)},
+		{name: "CLIENTS", help: "connected clients: user, service, state, attached server, traffic", run: table((*Console).clients)},
+		{name: "SERVERS", help: "open server connections: state, client served, idle time", run: table((*Console).servers)},
+		{name: "BACKENDS", help: "backend servers: role, health, breaker, replication lag", run: table((*Console).backends)},
+		{name: "STATS", help: "traffic per service and database since start", run: table((*Console).stats)},
+		{name: "CONFIG", help: "the running configuration, one setting a row; source is set for a value from a console SET", run: table((*Console).config)},
+		{name: "VERSION", help: "the pgshield version", run: table((*Console).version)},
+		{name: "QUERIES", usage: "SHOW QUERIES [n]", help: "the n statements (default 20) with the most total time, normalized",
+			args: queriesArgs, run: (*Console).showQueries},
+		{name: "SLOW_QUERIES", help: "recent statements slower than slow_query_threshold", run: (*Console).showSlowQueries},
+		{name: "TRANSACTIONS", help: "open transactions: age, statements, tables written", run: table((*Console).transactions)},
+		{name: "PINNED", help: "clients pinned to their server by session state, and why", run: table((*Console).pinned)},
+		{name: "HEALTH", help: "per database: connections, cache hit ratio, rollbacks, deadlocks, replication lag", run: databaseTable(sqlHealth)},
+		{name: "LOCKS", help: "per database: blocked sessions and the sessions blocking them", run: databaseTable(sqlLocks)},
+		{name: "TABLES", help: "per database: table sizes, scans, dead tuples, vacuum and analyze times", run: databaseTable(sqlTables)},
+		{name: "INDEXES", help: "per database: index sizes and usage, unused indexes", run: databaseTable(sqlIndexes)},
+		{name: "ALERTS", help: "alerts firing now", run: table((*Console).alerts)},
+		{name: "HELP", help: "this list (also HELP)", run: table(func(*Console) *Result {
+			res := &Result{Columns: Cols("command", TypeText, "description", TypeText)}
+			for _, h := range helpLines() {
+				res.Rows = append(res.Rows, []any{h[0], h[1]})
+			}
+			return res
+		})},
+	}
+	for i := range items {
+		if items[i].usage == "" {
+			items[i].usage = "SHOW " + items[i].name
+		}
+	}
+	return items
+}
+
+// commandIndex and showIndex key the tables by name, for dispatch.
+func commandIndex() map[string]command {
+	m := make(map[string]command)
+	for _, cmd := range commandTable() {
+		m[cmd.name] = cmd
+	}
+	return m
+}
+
+func showIndex() map[string]showItem {
+	m := make(map[string]showItem)
+	for _, it := range showTable() {
+		m[it.name] = it
+	}
+	return m
+}
+
+// table runs a SHOW item that renders what Source returns.
+func table(render func(c *Console) *Result) func(*Console, context.Context, []token) (*answer, error) {
+	return func(c *Console, _ context.Context, _ []token) (*answer, error) {
+		return &answer{res: render(c), tag: showTag}, nil
+	}
+}
+
+// databaseTable runs a SHOW item that queries every database.
+func databaseTable(sql string) func(*Console, context.Context, []token) (*answer, error) {
+	return func(c *Console, ctx context.Context, _ []token) (*answer, error) { return c.databaseQuery(ctx, sql) }
+}
+
+// helpLines is SHOW HELP: every command with one line, SHOW with one per
+// item.
+func helpLines() [][2]string {
+	var out [][2]string
+	for _, cmd := range commandTable() {
+		if cmd.name == "SHOW" {
+			for _, it := range showTable() {
+				out = append(out, [2]string{it.usage, it.help})
+			}
+		}
+		if cmd.help != "" {
+			out = append(out, [2]string{cmd.usage, cmd.help})
+		}
+	}
+	return out
+}
+
+// commandsHint lists the commands, for the hint of an unknown one.
+func commandsHint() string {
+	var usages []string
+	for _, cmd := range commandTable() {
+		usages = append(usages, cmd.usage)
+	}
+	return "commands: " + strings.Join(usages, ", ")
+}
+
+// showItemsHint lists the SHOW items as showHint does.
+func showItemsHint() string {
+	var items []string
+	for _, it := range showTable() {
+		items = append(items, strings.TrimPrefix(it.usage, "SHOW "))
+	}
+	return "SHOW items: " + strings.Join(items, ", ")
+}
+
 // execute runs one command.
 func (c *Console) execute(ctx context.Context, toks []token) (*answer, error) {
 	if len(toks) == 0 {
-		return nil, Errorf(CodeSyntaxError, "empty command").withHint(commandsHint)
+		return nil, Errorf(CodeSyntaxError, "empty command").withHint(commandsHint())
 	}
-	name := strings.ToUpper(toks[0].text)
+	cmd, ok := c.commands[strings.ToUpper(toks[0].text)]
+	if !ok {
+		return nil, Errorf(CodeSyntaxError, "unknown command %q", toks[0].text).withHint(commandsHint())
+	}
 	args := toks[1:]
-	switch name {
-	case "SHOW":
-		if len(args) == 0 {
-			return nil, Errorf(CodeSyntaxError, "SHOW needs an item: SHOW POOLS, SHOW CLIENTS …").withHint(showHint)
-		}
-		return c.show(ctx, strings.ToUpper(args[0].text), args[1:])
-	case "HELP":
-		if err := noArgs("HELP", args); err != nil {
+	if cmd.args != nil {
+		if err := cmd.args(cmd.name, args); err != nil {
 			return nil, err
 		}
-		return c.show(ctx, "HELP", nil)
-	case "PAUSE":
-		db, err := c.optionalDatabase("PAUSE", args)
-		if err != nil {
-			return nil, err
-		}
-		if err := c.src.Pause(ctx, db); err != nil {
-			return nil, sourceError("PAUSE", err)
-		}
-		return control("PAUSE", "paused "+databaseNoun(db)+": new transactions wait until RESUME"), nil
-	case "RESUME":
-		db, err := c.optionalDatabase("RESUME", args)
-		if err != nil {
-			return nil, err
-		}
-		if err := c.src.Resume(db); err != nil {
-			return nil, sourceError("RESUME", err)
-		}
-		return control("RESUME", "resumed "+databaseNoun(db)), nil
-	case "RELOAD":
-		if err := noArgs("RELOAD", args); err != nil {
-			return nil, err
-		}
-		if err := c.src.Reload(); err != nil {
-			return nil, sourceError("RELOAD", err)
-		}
-		return control("RELOAD", "configuration reloaded"), nil
-	case "KILL":
-		if len(args) == 0 {
-			return nil, Errorf(CodeSyntaxError, "KILL needs a client id: KILL <client id>").
-				withHint("the ids are in the id column of SHOW CLIENTS")
-		}
-		if len(args) > 1 {
-			return nil, Errorf(CodeSyntaxError, "KILL takes one client id, got %d arguments", len(args))
-		}
-		id, err := strconv.ParseUint(args[0].text, 10, 32)
-		if err != nil || id == 0 {
-			return nil, Errorf(CodeInvalidParameterValue, "invalid client id %q: want a positive number", args[0].text).
-				withHint("the ids are in the id column of SHOW CLIENTS")
-		}
-		if err := c.src.Kill(uint32(id)); err != nil {
-			return nil, sourceError("KILL", err)
-		}
-		return control("KILL", fmt.Sprintf("client %d disconnected", id)), nil
-	case "SET":
-		setting, value, err := parseSet(args)
-		if err != nil {
-			return nil, err
-		}
-		if err := c.src.Set(setting, value); err != nil {
-			return nil, sourceError("SET", err)
-		}
-		return control("SET", fmt.Sprintf("%s set to %q", setting, value)), nil
-	case "READMIT":
-		if len(args) != 2 {
-			return nil, Errorf(CodeSyntaxError, "READMIT needs a database and a backend: READMIT <database> <host:port>").
-				withHint("the fenced backends are in SHOW BACKENDS")
-		}
-		db, backend := args[0].text, args[1].text
-		if err := c.checkDatabase("READMIT", db); err != nil {
-			return nil, err
-		}
-		if _, _, err := net.SplitHostPort(backend); err != nil {
-			return nil, Errorf(CodeInvalidParameterValue, "invalid backend %q: want host:port as in SHOW BACKENDS", backend)
-		}
-		if err := c.src.Readmit(db, backend); err != nil {
-			return nil, sourceError("READMIT", err)
-		}
-		return control("READMIT", fmt.Sprintf("backend %s of database %s readmitted", backend, db)), nil
 	}
-	return nil, Errorf(CodeSyntaxError, "unknown command %q", toks[0].text).withHint(commandsHint)
+	return cmd.run(c, ctx, args)
+}
+
+// show answers SHOW item.
+func (c *Console) show(ctx context.Context, item string, args []token) (*answer, error) {
+	it, ok := c.items[item]
+	if !ok {
+		return nil, Errorf(CodeUndefinedObject, "unknown SHOW item %q", item).withHint(showHint)
+	}
+	rule := it.args
+	if rule == nil {
+		rule = noArgs
+	}
+	if err := rule("SHOW "+item, args); err != nil {
+		return nil, err
+	}
+	return it.run(c, ctx, args)
+}
+
+func (c *Console) showCommand(ctx context.Context, args []token) (*answer, error) {
+	return c.show(ctx, strings.ToUpper(args[0].text), args[1:])
+}
+
+func (c *Console) pause(ctx context.Context, args []token) (*answer, error) {
+	db, err := c.optionalDatabase("PAUSE", args)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.src.Pause(ctx, db); err != nil {
+		return nil, sourceError("PAUSE", err)
+	}
+	return control("PAUSE", "paused "+databaseNoun(db)+": new transactions wait until RESUME"), nil
+}
+
+func (c *Console) resume(_ context.Context, args []token) (*answer, error) {
+	db, err := c.optionalDatabase("RESUME", args)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.src.Resume(db); err != nil {
+		return nil, sourceError("RESUME", err)
+	}
+	return control("RESUME", "resumed "+databaseNoun(db)), nil
+}
+
+func (c *Console) reload(context.Context, []token) (*answer, error) {
+	if err := c.src.Reload(); err != nil {
+		return nil, sourceError("RELOAD", err)
+	}
+	return control("RELOAD", "configuration reloaded"), nil
+}
+
+func (c *Console) kill(_ context.Context, args []token) (*answer, error) {
+	id, err := strconv.ParseUint(args[0].text, 10, 32)
+	if err != nil || id == 0 {
+		return nil, Errorf(CodeInvalidParameterValue, "invalid client id %q: want a positive number", args[0].text).
+			withHint("the ids are in the id column of SHOW CLIENTS")
+	}
+	if err := c.src.Kill(uint32(id)); err != nil {
+		return nil, sourceError("KILL", err)
+	}
+	return control("KILL", fmt.Sprintf("client %d disconnected", id)), nil
+}
+
+func (c *Console) set(_ context.Context, args []token) (*answer, error) {
+	setting, value, err := parseSet(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.src.Set(setting, value); err != nil {
+		return nil, sourceError("SET", err)
+	}
+	return control("SET", fmt.Sprintf("%s set to %q", setting, value)), nil
+}
+
+// reset runs RESET <setting> and RESET ALL; a quoted "all" is a setting.
+func (c *Console) reset(_ context.Context, args []token) (*answer, error) {
+	name := args[0].text
+	if args[0].isEq() || args[0].quoted && name == "" {
+		return nil, Errorf(CodeSyntaxError, "RESET needs a setting: RESET <setting> or RESET ALL")
+	}
+	if !args[0].quoted {
+		name = strings.ToLower(name)
+		if name == "all" {
+			if err := c.src.Reset(""); err != nil {
+				return nil, sourceError("RESET", err)
+			}
+			return control("RESET", "every SET dropped: the configuration file's values apply"), nil
+		}
+	}
+	if err := c.src.Reset(name); err != nil {
+		return nil, sourceError("RESET", err)
+	}
+	return control("RESET", fmt.Sprintf("%s reset: the configuration file's value applies", name)), nil
+}
+
+func (c *Console) readmit(_ context.Context, args []token) (*answer, error) {
+	db, backend := args[0].text, args[1].text
+	if err := c.checkDatabase("READMIT", db); err != nil {
+		return nil, err
+	}
+	if _, _, err := net.SplitHostPort(backend); err != nil {
+		return nil, Errorf(CodeInvalidParameterValue, "invalid backend %q: want host:port as in SHOW BACKENDS", backend)
+	}
+	if err := c.src.Readmit(db, backend); err != nil {
+		return nil, sourceError("READMIT", err)
+	}
+	return control("READMIT", fmt.Sprintf("backend %s of database %s readmitted", backend, db)), nil
+}
+
+func (c *Console) showQueries(_ context.Context, args []token) (*answer, error) {
+	n := defaultQueries
+	if len(args) == 1 {
+		v, err := strconv.Atoi(args[0].text)
+		if err != nil || v < 1 || v > maxQueriesArgument {
+			return nil, Errorf(CodeInvalidParameterValue, "SHOW QUERIES takes a number of statements from 1 to %d, got %q",
+				maxQueriesArgument, args[0].text)
+		}
+		n = v
+	}
+	return &answer{res: c.queries(n), tag: showTag}, nil
+}
+
+func (c *Console) showSlowQueries(context.Context, []token) (*answer, error) {
+	return &answer{res: c.slowQueries(), tag: showTag,
+		notices: []string{fmt.Sprintf("slow-query threshold: %s ms", strconv.FormatFloat(durationMs(c.src.SlowThreshold()), 'f', 3, 64))}}, nil
 }
 
 func control(tag, notice string) *answer {
@@ -289,6 +493,7 @@ func databaseNoun(db string) string {
 	return "database " + db
 }
 
+// noArgs is the rule of a command that takes no arguments.
 func noArgs(cmd string, args []token) error {
 	if len(args) > 0 {
 		return Errorf(CodeSyntaxError, "%s takes no arguments, got %q", cmd, args[0].text)
@@ -296,16 +501,52 @@ func noArgs(cmd string, args []token) error {
 	return nil
 }
 
+// needsItem is SHOW's rule.
+func needsItem(_ string, args []token) error {
+	if len(args) == 0 {
+		return Errorf(CodeSyntaxError, "SHOW needs an item: SHOW POOLS, SHOW CLIENTS …").withHint(showHint)
+	}
+	return nil
+}
+
+// atMostOneDatabase is the rule of PAUSE and RESUME.
+func atMostOneDatabase(cmd string, args []token) error {
+	if len(args) > 1 {
+		return Errorf(CodeSyntaxError, "%s takes at most one database, got %d arguments", cmd, len(args)).
+			withHint(cmd + " [database]; without a database it applies to every database")
+	}
+	return nil
+}
+
+// queriesArgs is the rule of SHOW QUERIES [n].
+func queriesArgs(_ string, args []token) error {
+	if len(args) > 1 {
+		return Errorf(CodeSyntaxError, "SHOW QUERIES takes at most one argument (the number of statements), got %d", len(args))
+	}
+	return nil
+}
+
+// exactly is the rule of a command taking n arguments: with fewer it
+// "needs" them (with hint); with more it "takes" extra, or, when extra is
+// "", it needs them as with fewer.
+func exactly(n int, needs, extra, hint string) argRule {
+	return func(cmd string, args []token) error {
+		switch {
+		case len(args) < n || len(args) > n && extra == "":
+			return Errorf(CodeSyntaxError, "%s needs %s", cmd, needs).withHint(hint)
+		case len(args) > n:
+			return Errorf(CodeSyntaxError, "%s takes %s, got %d arguments", cmd, extra, len(args))
+		}
+		return nil
+	}
+}
+
 // optionalDatabase reads the [database] argument of PAUSE and RESUME.
 func (c *Console) optionalDatabase(cmd string, args []token) (string, error) {
-	switch len(args) {
-	case 0:
+	if len(args) == 0 {
 		return "", nil
-	case 1:
-		return args[0].text, c.checkDatabase(cmd, args[0].text)
 	}
-	return "", Errorf(CodeSyntaxError, "%s takes at most one database, got %d arguments", cmd, len(args)).
-		withHint(cmd + " [database]; without a database it applies to every database")
+	return args[0].text, c.checkDatabase(cmd, args[0].text)
 }
 
 func (c *Console) checkDatabase(cmd, db string) error {
@@ -341,115 +582,16 @@ func parseSet(args []token) (name, value string, err error) {
 	return name, args[2].text, nil
 }
 
-// show answers SHOW item.
-func (c *Console) show(ctx context.Context, item string, args []token) (*answer, error) {
-	if !isShowItem(item) {
-		return nil, Errorf(CodeUndefinedObject, "unknown SHOW item %q", item).withHint(showHint)
+func (c *Console) config() *Result {
+	res := &Result{Columns: Cols("key", TypeText, "value", TypeText, "source", TypeText)}
+	for _, r := range c.src.Config() {
+		res.Rows = append(res.Rows, []any{r.Key, r.Value, r.Source})
 	}
-	if item != "QUERIES" {
-		if err := noArgs("SHOW "+item, args); err != nil {
-			return nil, err
-		}
-	}
-	var res *Result
-	var notices []string
-	switch item {
-	case "POOLS":
-		res = c.pools()
-	case "CLIENTS":
-		res = c.clients()
-	case "SERVERS":
-		res = c.servers()
-	case "BACKENDS":
-		res = c.backends()
-	case "STATS":
-		res = c.stats()
-	case "CONFIG":
-		res = &Result{Columns: Cols("key", TypeText, "value", TypeText)}
-		for _, kv := range c.src.Config() {
-			res.Rows = append(res.Rows, []any{kv[0], kv[1]})
-		}
-	case "VERSION":
-		res = &Result{Columns: Cols("version", TypeText), Rows: [][]any{{c.src.Version()}}}
-	case "QUERIES":
-		n := defaultQueries
-		switch len(args) {
-		case 0:
-		case 1:
-			v, err := strconv.Atoi(args[0].text)
-			if err != nil || v < 1 || v > maxQueriesArgument {
-				return nil, Errorf(CodeInvalidParameterValue, "SHOW QUERIES takes a number of statements from 1 to %d, got %q",
-					maxQueriesArgument, args[0].text)
-			}
-			n = v
-		default:
-			return nil, Errorf(CodeSyntaxError, "SHOW QUERIES takes at most one argument (the number of statements), got %d", len(args))
-		}
-		res = c.queries(n)
-	case "SLOW_QUERIES":
-		res = c.slowQueries()
-		notices = []string{fmt.Sprintf("slow-query threshold: %s ms", strconv.FormatFloat(durationMs(c.src.SlowThreshold()), 'f', 3, 64))}
-	case "TRANSACTIONS":
-		res = c.transactions()
-	case "PINNED":
-		res = c.pinned()
-	case "ALERTS":
-		res = c.alerts()
-	case "HEALTH":
-		return c.databaseQuery(ctx, sqlHealth)
-	case "LOCKS":
-		return c.databaseQuery(ctx, sqlLocks)
-	case "TABLES":
-		return c.databaseQuery(ctx, sqlTables)
-	case "INDEXES":
-		return c.databaseQuery(ctx, sqlIndexes)
-	case "HELP":
-		res = &Result{Columns: Cols("command", TypeText, "description", TypeText)}
-		for _, h := range helpLines() {
-			res.Rows = append(res.Rows, []any{h[0], h[1]})
-		}
-	default:
-		return nil, Errorf(CodeUndefinedObject, "unknown SHOW item %q", item).withHint(showHint)
-	}
-	return &answer{res: res, notices: notices, tag: showTag}, nil
+	return res
 }
 
-func isShowItem(item string) bool {
-	switch item {
-	case "POOLS", "CLIENTS", "SERVERS", "BACKENDS", "STATS", "CONFIG", "VERSION", "QUERIES", "SLOW_QUERIES",
-		"TRANSACTIONS", "PINNED", "HEALTH", "LOCKS", "TABLES", "INDEXES", "ALERTS", "HELP":
-		return true
-	}
-	return false
-}
-
-// helpLines is SHOW HELP: every command with one line.
-func helpLines() [][2]string {
-	return [][2]string{
-		{"SHOW POOLS", "pools per service, database and backend: clients, servers, limits, wait times"},
-		{"SHOW CLIENTS", "connected clients: user, service, state, attached server, traffic"},
-		{"SHOW SERVERS", "open server connections: state, client served, idle time"},
-		{"SHOW BACKENDS", "backend servers: role, health, breaker, replication lag"},
-		{"SHOW STATS", "traffic per service and database since start"},
-		{"SHOW CONFIG", "the running configuration, one setting a row"},
-		{"SHOW VERSION", "the pgshield version"},
-		{"SHOW QUERIES [n]", "the n statements (default 20) with the most total time, normalized"},
-		{"SHOW SLOW_QUERIES", "recent statements slower than slow_query_threshold"},
-		{"SHOW TRANSACTIONS", "open transactions: age, statements, tables written"},
-		{"SHOW PINNED", "clients pinned to their server by session state, and why"},
-		{"SHOW HEALTH", "per database: connections, cache hit ratio, rollbacks, deadlocks, replication lag"},
-		{"SHOW LOCKS", "per database: blocked sessions and the sessions blocking them"},
-		{"SHOW TABLES", "per database: table sizes, scans, dead tuples, vacuum and analyze times"},
-		{"SHOW INDEXES", "per database: index sizes and usage, unused indexes"},
-		{"SHOW ALERTS", "alerts firing now"},
-		{"SHOW HELP", "this list (also HELP)"},
-		{"PAUSE [database]", "hold new transactions of one or every database until RESUME"},
-		{"RESUME [database]", "let paused transactions go on"},
-		{"RELOAD", "reload the configuration file; a bad file is refused and the old one stays"},
-		{"KILL <client id>", "disconnect a client (ids from SHOW CLIENTS)"},
-		{"SET <setting> = <value>", "change a setting at run time (also SET <setting> TO <value>)"},
-		{"READMIT <database> <host:port>", "put a fenced backend back into service"},
-	}
+func (c *Console) version() *Result {
+	return &Result{Columns: Cols("version", TypeText), Rows: [][]any{{c.src.Version()}}}
 }
 
 func (c *Console) pools() *Result {

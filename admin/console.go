@@ -24,6 +24,9 @@ type Console struct {
 	accept func(context.Context, net.Conn) (*proxy.AdminClient, error)
 	src    Source
 	log    *zap.Logger
+	// commands and items are commandTable and showTable by name.
+	commands map[string]command
+	items    map[string]showItem
 
 	// ctx ends handshakes and commands in progress when Shutdown begins.
 	ctx    context.Context
@@ -43,6 +46,7 @@ func NewConsole(accept func(context.Context, net.Conn) (*proxy.AdminClient, erro
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Console{
 		accept: accept, src: src, log: log, ctx: ctx, cancel: cancel,
+		commands: commandIndex(), items: showIndex(),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]*proxy.AdminClient),
 	}

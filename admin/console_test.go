@@ -96,8 +96,8 @@ func (f *fakeSource) Backends() []BackendRow {
 func (f *fakeSource) Stats() []StatsRow {
 	return []StatsRow{{Service: "api", Database: "leads", Queries: 5, QueryTime: 10 * time.Millisecond, AvgQuery: 2 * time.Millisecond}}
 }
-func (f *fakeSource) Config() [][2]string {
-	return [][2]string{{"listen", "127.0.0.1:6432"}, {"pool.wait_timeout", "30s"}}
+func (f *fakeSource) Config() []ConfigRow {
+	return []ConfigRow{{Key: "listen", Value: "127.0.0.1:6432"}, {Key: "pool.wait_timeout", Value: "30s", Source: "set"}}
 }
 func (f *fakeSource) Version() string { return "pgshield test" }
 func (f *fakeSource) Queries(n int) []metrics.QueryStat {
@@ -144,6 +144,7 @@ func (f *fakeSource) Resume(database string) error { return f.record("RESUME " +
 func (f *fakeSource) Reload() error                { return f.record("RELOAD") }
 func (f *fakeSource) Kill(id uint32) error         { return f.record(fmt.Sprintf("KILL %d", id)) }
 func (f *fakeSource) Set(name, value string) error { return f.record("SET " + name + "=" + value) }
+func (f *fakeSource) Reset(name string) error      { return f.record("RESET " + name) }
 func (f *fakeSource) Readmit(database, backend string) error {
 	return f.record("READMIT " + database + " " + backend)
 }
@@ -308,7 +309,7 @@ func TestConsoleShowColumns(t *testing.T) {
 		{"SHOW SERVERS", "service database backend pid state client_id connected_at idle_s", 1},
 		{"SHOW BACKENDS", "database backend role in_service healthy fenced breaker lag_bytes lag_s last_check last_error clients", 1},
 		{"SHOW STATS", "service database queries transactions commits rollbacks errors bytes_in bytes_out total_query_ms avg_query_ms avg_transaction_ms", 1},
-		{"SHOW CONFIG", "key value", 2},
+		{"SHOW CONFIG", "key value source", 2},
 		{"SHOW VERSION", "version", 1},
 		{"SHOW QUERIES", "fingerprint calls rows errors total_ms mean_ms p50_ms p95_ms p99_ms max_ms query", 20},
 		{"SHOW QUERIES 3", "fingerprint calls rows errors total_ms mean_ms p50_ms p95_ms p99_ms max_ms query", 3},

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,23 +16,45 @@ import (
 )
 
 // Live is the Source of a running pgshield: the proxy, its pool manager
-// and topology, the alert evaluator.
+// and topology, the alert evaluator, and the configuration's Settings.
 type Live struct {
-	srv     *proxy.Server
-	pools   *poolmgr.Manager
-	topo    *router.Topology
-	alerter *metrics.Alerter
-	reload  func() error
-	version string
-	extra   [][2]string // settings only the caller knows (listen addresses …)
+	srv      *proxy.Server
+	pools    *poolmgr.Manager
+	topo     *router.Topology
+	alerter  *metrics.Alerter
+	settings Settings
+	version  string
+	extra    func() [][2]string // settings only the caller knows (listen addresses, logging)
 }
 
-// NewLive joins the parts of a running pgshield. reload re-reads the
-// configuration file and applies it (RELOAD); extra are settings SHOW
-// CONFIG lists first, such as the admin and metrics listen addresses.
+// Settings changes the configuration of a running pgshield: the console's
+// RELOAD, SET and RESET, and a reload on SIGHUP, go through it one at a
+// time, and each applies a whole configuration or nothing. cmd/pgshield
+// implements it over its configuration file. An error that is an *Error
+// keeps its SQLSTATE (55000 for a change that needs a restart); any other
+// is reported as 22023.
+type Settings interface {
+	// Reload reads the configuration file again and applies it, with the
+	// console's SETs on top.
+	Reload() error
+	// Set gives key (as written in the file: pool.wait_timeout,
+	// services.api.max_connections) the value, until RESET or restart:
+	// it stays over every reloaded file.
+	Set(key, value string) error
+	// Reset drops the SET of key, so that the file's value applies; ""
+	// drops every SET.
+	Reset(key string) error
+	// Overridden lists the keys whose value comes from a console SET.
+	Overridden() []string
+}
+
+// NewLive joins the parts of a running pgshield. settings (nil: none)
+// reloads and changes the configuration; extra (nil: none) returns the
+// settings SHOW CONFIG lists first, such as the admin and metrics listen
+// addresses.
 func NewLive(srv *proxy.Server, pools *poolmgr.Manager, topo *router.Topology, alerter *metrics.Alerter,
-	reload func() error, version string, extra [][2]string) *Live {
-	return &Live{srv: srv, pools: pools, topo: topo, alerter: alerter, reload: reload, version: version, extra: extra}
+	settings Settings, version string, extra func() [][2]string) *Live {
+	return &Live{srv: srv, pools: pools, topo: topo, alerter: alerter, settings: settings, version: version, extra: extra}
 }
 
 var _ Source = (*Live)(nil)
@@ -138,12 +159,30 @@ func (l *Live) Stats() []StatsRow {
 	return out
 }
 
-// Config lists the configuration in force, without passwords.
-func (l *Live) Config() [][2]string {
+// Config lists the configuration in force, without passwords; a value
+// that comes from a console SET has the source "set".
+func (l *Live) Config() []ConfigRow {
 	pc := l.srv.Settings()
 	mc := l.pools.Config()
-	out := append([][2]string{}, l.extra...)
-	add := func(k string, v any) { out = append(out, [2]string{k, fmt.Sprint(v)}) }
+	set := map[string]bool{}
+	if l.settings != nil {
+		for _, k := range l.settings.Overridden() {
+			set[k] = true
+		}
+	}
+	var out []ConfigRow
+	add := func(k string, v any) {
+		row := ConfigRow{Key: k, Value: fmt.Sprint(v)}
+		if set[k] {
+			row.Source = "set"
+		}
+		out = append(out, row)
+	}
+	if l.extra != nil {
+		for _, kv := range l.extra() {
+			add(kv[0], kv[1])
+		}
+	}
 	add("listen", pc.Listen)
 	add("auth_type", pc.AuthType)
 	add("tls.client", pc.TLS.Client)
@@ -280,15 +319,56 @@ func (l *Live) Pause(ctx context.Context, database string) error {
 // Resume releases what PAUSE holds.
 func (l *Live) Resume(database string) error { return controlError(l.srv.Resume(database)) }
 
-// Reload re-reads the configuration file.
+// Reload re-reads the configuration file; the console's SETs stay on top.
 func (l *Live) Reload() error {
-	if l.reload == nil {
-		return &Error{Code: CodeObjectNotInPrerequisiteState, Message: "this pgshield has no configuration file to reload"}
+	if l.settings == nil {
+		return noSettings()
 	}
-	if err := l.reload(); err != nil {
-		return &Error{Code: CodeInvalidParameterValue, Message: "configuration reload refused; the previous configuration stays: " + err.Error()}
+	if err := l.settings.Reload(); err != nil {
+		e := settingsError(err)
+		e.Message = "configuration reload refused; the previous configuration stays: " + e.Message
+		return e
 	}
 	return nil
+}
+
+// Set changes a setting of the configuration, validated and applied as a
+// reload is, until RESET or restart.
+func (l *Live) Set(name, value string) error {
+	if l.settings == nil {
+		return noSettings()
+	}
+	if err := l.settings.Set(name, value); err != nil {
+		return settingsError(err)
+	}
+	return nil
+}
+
+// Reset drops the SET of name ("" every SET): the file's value applies.
+func (l *Live) Reset(name string) error {
+	if l.settings == nil {
+		return noSettings()
+	}
+	if err := l.settings.Reset(name); err != nil {
+		return settingsError(err)
+	}
+	return nil
+}
+
+func noSettings() *Error {
+	return &Error{Code: CodeObjectNotInPrerequisiteState, Message: "this pgshield has no configuration file to reload or change"}
+}
+
+// settingsError is an error of Settings as the console reports it: an
+// *Error as it is (copied, as the caller may change its message), anything
+// else as 22023.
+func settingsError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		c := *e
+		return &c
+	}
+	return &Error{Code: CodeInvalidParameterValue, Message: err.Error(), Err: err}
 }
 
 // Kill ends a client's session.
@@ -317,132 +397,6 @@ func controlError(err error) error {
 		return &Error{Code: CodeObjectNotInPrerequisiteState, Message: err.Error()}
 	}
 	return err
-}
-
-// Set changes a setting that is safe to change at run time, until the next
-// RELOAD (which applies the file again).
-func (l *Live) Set(name, value string) error {
-	name = strings.ToLower(strings.TrimSpace(name))
-	bad := func(want string) error {
-		return &Error{Code: CodeInvalidParameterValue, Message: fmt.Sprintf("invalid value %q for %s: want %s", value, name, want)}
-	}
-	dur := func() (time.Duration, error) {
-		d, err := time.ParseDuration(value)
-		if err != nil {
-			if n, nerr := strconv.Atoi(value); nerr == nil {
-				return time.Duration(n) * time.Millisecond, nil // a bare number is milliseconds, as in PostgreSQL
-			}
-			return 0, bad("a duration such as 500ms or 30s")
-		}
-		if d < 0 {
-			return 0, bad("a duration that is not negative")
-		}
-		return d, nil
-	}
-	num := func() (int, error) {
-		n, err := strconv.Atoi(value)
-		if err != nil {
-			return 0, bad("an integer")
-		}
-		return n, nil
-	}
-	pc := l.srv.Settings()
-	applyProxy := func() error {
-		if err := l.srv.Reload(pc); err != nil {
-			return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
-		}
-		return nil
-	}
-	mc := l.pools.Config()
-	applyPools := func() error {
-		if err := l.pools.Update(mc); err != nil { // Update validates
-			return &Error{Code: CodeInvalidParameterValue, Message: err.Error()}
-		}
-		return nil
-	}
-	var err error
-	switch name {
-	case "slow_query_threshold":
-		if pc.SlowQueryThreshold, err = dur(); err != nil {
-			return err
-		}
-		return applyProxy() // Reload passes it on to the query statistics
-	case "long_transaction_threshold":
-		if pc.LongTransactionThreshold, err = dur(); err != nil {
-			return err
-		}
-		return applyProxy()
-	case "client_login_timeout":
-		if pc.ClientLoginTimeout, err = dur(); err != nil {
-			return err
-		}
-		return applyProxy()
-	case "max_client_connections":
-		if pc.MaxClientConnections, err = num(); err != nil {
-			return err
-		}
-		return applyProxy()
-	case "max_retries":
-		if pc.MaxRetries, err = num(); err != nil {
-			return err
-		}
-		if pc.MaxRetries == 0 {
-			pc.MaxRetries = -1 // never, as in the file (the proxy reads 0 as its default)
-		}
-		return applyProxy()
-	case "disable_stats":
-		switch strings.ToLower(value) {
-		case "true", "on", "1", "yes":
-			pc.DisableStats = true
-		case "false", "off", "0", "no":
-			pc.DisableStats = false
-		default:
-			return bad("on or off")
-		}
-		return applyProxy()
-	case "pool.wait_timeout", "wait_timeout":
-		if mc.Pool.WaitTimeout, err = dur(); err != nil {
-			return err
-		}
-		return applyPools()
-	case "pool.idle_timeout", "idle_timeout":
-		if mc.Pool.IdleTimeout, err = dur(); err != nil {
-			return err
-		}
-		return applyPools()
-	}
-	if rest, ok := strings.CutPrefix(name, "services."); ok {
-		svcName, field, ok := strings.Cut(rest, ".")
-		svc, known := mc.Services[svcName]
-		if !ok || !known {
-			return &Error{Code: CodeInvalidParameterValue, Message: fmt.Sprintf("unknown service in %q", name)}
-		}
-		switch field {
-		case "max_connections":
-			svc.MaxConnections, err = num()
-		case "min_connections":
-			svc.MinConnections, err = num()
-		case "transaction_timeout":
-			svc.TransactionTimeout, err = dur()
-		case "idle_in_transaction_timeout":
-			svc.IdleInTransactionTimeout, err = dur()
-		default:
-			return &Error{Code: CodeInvalidParameterValue, Message: fmt.Sprintf("%s cannot be changed at run time", name),
-				Hint: "services.<name>.max_connections, min_connections, transaction_timeout and idle_in_transaction_timeout can"}
-		}
-		if err != nil {
-			return err
-		}
-		services := make(map[string]poolmgr.ServiceConfig, len(mc.Services))
-		for k, v := range mc.Services {
-			services[k] = v
-		}
-		services[svcName] = svc
-		mc.Services = services
-		return applyPools()
-	}
-	return &Error{Code: CodeInvalidParameterValue, Message: fmt.Sprintf("%s cannot be changed at run time", name),
-		Hint: "SET takes slow_query_threshold, long_transaction_threshold, client_login_timeout, max_client_connections, max_retries, disable_stats, pool.wait_timeout, pool.idle_timeout and services.<name>.{max_connections,min_connections,transaction_timeout,idle_in_transaction_timeout}; everything else needs the configuration file and RELOAD"}
 }
 
 // DatabaseQuery runs a statistics query on the primary of database, on a

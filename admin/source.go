@@ -16,7 +16,7 @@ type Source interface {
 	Servers() []ServerRow
 	Backends() []BackendRow
 	Stats() []StatsRow
-	Config() [][2]string // setting name, value; in a stable order
+	Config() []ConfigRow // in a stable order
 	Version() string
 	Queries(n int) []metrics.QueryStat
 	SlowQueries() []metrics.SlowQuery
@@ -31,13 +31,23 @@ type Source interface {
 	Databases() []string
 	DatabaseQuery(ctx context.Context, database, sql string) (Result, error)
 
-	// Control. database "" means every database.
+	// Control. database "" means every database; Reset of "" drops
+	// every SET.
 	Pause(ctx context.Context, database string) error
 	Resume(database string) error
 	Reload() error
 	Kill(clientID uint32) error
 	Set(name, value string) error
+	Reset(name string) error
 	Readmit(database, backend string) error
+}
+
+// ConfigRow is one setting of SHOW CONFIG.
+type ConfigRow struct {
+	Key, Value string
+	// Source is "set" when the value comes from a console SET (it stays
+	// over every RELOAD until RESET), "" otherwise.
+	Source string
 }
 
 // PoolRow is one pool: clients and servers of a (service, database,

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/cmd/pgshield/config"
 )
 
 // utime and stime are the 14th and 15th fields, counted from the last ')'

@@ -88,7 +88,9 @@ func New(cfg Config, pools Pools, topo *router.Topology, log *zap.Logger) (*Serv
 }
 
 // Reload validates cfg and swaps it in: new logins use the new users and
-// limits at once. On error nothing changes.
+// limits at once, and the parse cache is resized to parse_cache_size.
+// listen and disable_classification keep their values of New. On error
+// nothing changes.
 func (s *Server) Reload(cfg Config) error {
 	cfg = cfg.WithDefaults()
 	services := make(map[string]bool)
@@ -105,6 +107,11 @@ func (s *Server) Reload(cfg Config) error {
 	s.rt.Store(rt)
 	s.statsOff.Store(cfg.DisableStats)
 	s.queryStats.SetThreshold(cfg.SlowQueryThreshold)
+	// The classifier is nil in New's first Reload and with classification
+	// off (which takes a restart to change).
+	if s.classifier != nil {
+		s.classifier.Resize(cfg.ParseCacheSize)
+	}
 	return nil
 }
 

@@ -55,10 +55,6 @@ func (s *session) setLifeLocked(next lifecycle) bool {
 	return false
 }
 
-// endingLocked: the session is on its way out, so its server must not be
-// given back by anyone but close(). s.mu must be held.
-func (s *session) endingLocked() bool { return s.life >= lifeEnding }
-
 // reader says who reads the attached server's answers and forwards them
 // to the client; only that goroutine may write to the client meanwhile.
 type reader uint8

@@ -181,6 +181,16 @@ func (c *Classifier) Misses() uint64 { return c.misses.Load() }
 // Len returns the number of cached texts.
 func (c *Classifier) Len() int { return c.cache.Len() }
 
+// Resize changes how many texts the cache keeps (n <= 0: the default),
+// evicting the least recently used ones beyond it at once. It is safe to
+// call while other goroutines classify.
+func (c *Classifier) Resize(n int) {
+	if n <= 0 {
+		n = DefaultParseCacheSize
+	}
+	c.cache.Resize(n)
+}
+
 // classify parses text; it is the slow path.
 func classify(text string) *Class {
 	tree, err := pg.Parse(text)

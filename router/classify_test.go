@@ -164,3 +164,25 @@ func TestInsight(t *testing.T) {
 		t.Errorf("a syntax error has fingerprint %q, normalized %q", bad.Fingerprint, bad.Normalized)
 	}
 }
+
+// Resize shrinks the cache at once and lets it grow again.
+func TestClassifierResize(t *testing.T) {
+	c := New(Config{ParseCacheSize: 100})
+	for i := range 50 {
+		c.Classify([]byte("SELECT a FROM t" + strings.Repeat("x", i)))
+	}
+	if n := c.Len(); n < 50 {
+		t.Fatalf("%d texts cached, want at least 50", n)
+	}
+	c.Resize(5)
+	if n := c.Len(); n != 5 {
+		t.Errorf("%d texts cached after Resize(5), want 5", n)
+	}
+	c.Resize(0) // the default
+	for i := range 50 {
+		c.Classify([]byte("SELECT b FROM t" + strings.Repeat("x", i)))
+	}
+	if n := c.Len(); n < 50 {
+		t.Errorf("%d texts cached after Resize(0), want the default size", n)
+	}
+}

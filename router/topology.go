@@ -241,7 +241,9 @@ type snapshot struct {
 // Topology tracks the backends of every database: roles, health, lag, and
 // failover. Its methods are safe for concurrent use.
 type Topology struct {
-	cfg     TopologyConfig
+	// cfg is the configuration in force, defaults filled in; Update swaps
+	// it whole (under mu), and the routing reads it without a lock.
+	cfg     atomic.Pointer[TopologyConfig]
 	b       Backends
 	log     *zap.Logger
 	onEvent func(Event)
@@ -249,15 +251,20 @@ type Topology struct {
 	mu      sync.Mutex
 	dbs     map[string]*dbState
 	changed chan bool
-	snaps   atomic.Pointer[map[string]*snapshot]
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
+	// reconfigured is closed (and replaced) by an Update that changes the
+	// check intervals, so that the check loops take them at once.
+	reconfigured chan struct{}
+	snaps        atomic.Pointer[map[string]*snapshot]
+	stop         context.CancelFunc
+	wg           sync.WaitGroup
 }
 
 // NewTopology returns a topology for dbs; Start begins checking.
 func NewTopology(cfg TopologyConfig, dbs []DatabaseTopology, b Backends, onEvent func(Event), log *zap.Logger) *Topology {
-	t := &Topology{cfg: cfg.WithDefaults(), b: b, log: log, onEvent: onEvent,
-		dbs: make(map[string]*dbState), changed: make(chan bool)}
+	t := &Topology{b: b, log: log, onEvent: onEvent,
+		dbs: make(map[string]*dbState), changed: make(chan bool), reconfigured: make(chan struct{})}
+	cfg = cfg.WithDefaults()
+	t.cfg.Store(&cfg)
 	for _, d := range dbs {
 		st := &dbState{name: d.Name}
 		for i, addr := range append([]string{d.Primary}, d.Replicas...) {
@@ -311,19 +318,30 @@ func (t *Topology) loop(ctx context.Context, n *Node) {
 	defer timer.Stop()
 	for {
 		t.mu.Lock()
-		interval := t.cfg.HealthCheckInterval
+		cfg := t.cfg.Load()
+		interval := cfg.HealthCheckInterval
 		if len(n.db.nodes) > 1 {
-			interval = min(interval, t.cfg.LagCheckInterval)
+			interval = min(interval, cfg.LagCheckInterval)
 		}
 		if !n.healthy {
 			interval = min(interval, recheckInterval)
 		}
-		fresh := !n.healthy || time.Since(n.lastFresh) >= t.cfg.HealthCheckInterval-interval/2
+		fresh := !n.healthy || time.Since(n.lastFresh) >= cfg.HealthCheckInterval-interval/2
+		// The next check is due an interval after the last one, also
+		// when Update changed the interval meanwhile.
+		wait := interval
+		if !n.lastCheck.IsZero() {
+			wait = time.Until(n.lastCheck.Add(interval))
+		}
+		reconfigured := t.reconfigured
 		t.mu.Unlock()
-		timer.Reset(interval)
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
+		case <-reconfigured:
+			// The intervals changed: wait for the new deadline.
+			continue
 		case <-n.kick:
 			fresh = true
 		case <-timer.C:
@@ -334,7 +352,7 @@ func (t *Topology) loop(ctx context.Context, n *Node) {
 
 // check probes n once and records the result.
 func (t *Topology) check(ctx context.Context, n *Node, fresh bool) {
-	cctx, cancel := context.WithTimeout(ctx, t.cfg.CheckTimeout)
+	cctx, cancel := context.WithTimeout(ctx, t.cfg.Load().CheckTimeout)
 	s, err := t.b.Probe(cctx, n.db.name, n.addr, fresh)
 	cancel()
 	if ctx.Err() != nil {
@@ -400,8 +418,9 @@ func (t *Topology) record(n *Node, s Sample, err error, fresh bool) {
 		}
 	}
 	events = append(events, t.electLocked(st)...)
-	if p := st.primary; p != nil && !p.healthy && !p.fenced && t.cfg.Failover == FailoverPromote &&
-		!st.failingOver && now.Sub(p.failedAt) >= t.cfg.FailoverAfter {
+	cfg := t.cfg.Load()
+	if p := st.primary; p != nil && !p.healthy && !p.fenced && cfg.Failover == FailoverPromote &&
+		!st.failingOver && now.Sub(p.failedAt) >= cfg.FailoverAfter {
 		st.failingOver = true
 		t.wg.Add(1)
 		go func() {
@@ -516,9 +535,30 @@ func (t *Topology) emit(events []Event) {
 	}
 }
 
-// Config is the configuration in force (fixed at start: routing changes
-// need a restart), defaults filled in.
-func (t *Topology) Config() TopologyConfig { return t.cfg }
+// Config is the configuration in force, defaults filled in.
+func (t *Topology) Config() TopologyConfig { return *t.cfg.Load() }
+
+// Update applies cfg at once: the lag limits (the replicas eligible for
+// reads are chosen again now), read-your-writes, failover and the check
+// intervals. HealthCheckInterval and CheckTimeout are taken as given, as
+// by NewTopology (proxy.NewTopology fills them in from the pool
+// settings). The databases and their hosts stay those NewTopology was
+// given. An invalid cfg is refused and nothing changes.
+func (t *Topology) Update(cfg TopologyConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.WithDefaults()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := t.cfg.Swap(&cfg)
+	if old.HealthCheckInterval != cfg.HealthCheckInterval || old.LagCheckInterval != cfg.LagCheckInterval {
+		close(t.reconfigured)
+		t.reconfigured = make(chan struct{})
+	}
+	t.publishLocked()
+	return nil
+}
 
 // Readmit puts a fenced backend back in service (an operator has made sure
 // it is a replica of the current primary, or the primary again).
@@ -544,6 +584,7 @@ func (t *Topology) Readmit(database, addr string) error {
 
 // publishLocked rebuilds the routing snapshots and wakes waiters.
 func (t *Topology) publishLocked() {
+	cfg := t.cfg.Load()
 	snaps := make(map[string]*snapshot, len(t.dbs))
 	close(t.changed)
 	t.changed = make(chan bool)
@@ -560,10 +601,10 @@ func (t *Topology) publishLocked() {
 			if n == st.primary || !n.healthy || n.fenced || n.role != RoleReplica {
 				continue
 			}
-			if n.sample.ReplayDelay > t.cfg.MaxReplicaLag {
+			if n.sample.ReplayDelay > cfg.MaxReplicaLag {
 				continue
 			}
-			if t.cfg.MaxReplicaLagBytes > 0 && latest > n.sample.LSN && int64(latest-n.sample.LSN) > t.cfg.MaxReplicaLagBytes {
+			if cfg.MaxReplicaLagBytes > 0 && latest > n.sample.LSN && int64(latest-n.sample.LSN) > cfg.MaxReplicaLagBytes {
 				continue
 			}
 			sn.replicas = append(sn.replicas, n)
@@ -581,7 +622,7 @@ func (t *Topology) HealthyPrimary(database string) (addr string, ok bool) {
 	if !found {
 		return "", false
 	}
-	return sn.primary, sn.primaryHealthy || t.cfg.Failover == FailoverNone
+	return sn.primary, sn.primaryHealthy || t.cfg.Load().Failover == FailoverNone
 }
 
 // Primary returns the primary of a database. While it is down and a
@@ -595,7 +636,7 @@ func (t *Topology) Primary(ctx context.Context, database string, wait time.Durat
 		if !ok {
 			return "", fmt.Errorf("%w %q", ErrUnknownDatabase, database)
 		}
-		if sn.primaryHealthy || t.cfg.Failover == FailoverNone {
+		if sn.primaryHealthy || t.cfg.Load().Failover == FailoverNone {
 			return sn.primary, nil
 		}
 		if timeout == nil {
@@ -626,9 +667,10 @@ func (t *Topology) PickReplica(database string, lastWrite time.Time, withPrimary
 	}
 	var need uint64
 	if !lastWrite.IsZero() {
-		switch t.cfg.ReadYourWrites {
+		cfg := t.cfg.Load()
+		switch cfg.ReadYourWrites {
 		case RYWWindow:
-			if time.Since(lastWrite) < t.cfg.ReadYourWritesWindow {
+			if time.Since(lastWrite) < cfg.ReadYourWritesWindow {
 				return nil
 			}
 		case RYWLSN:

@@ -16,7 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/cmd/pgshield/config"
 	"github.com/pgshield/pgshield/internal/devcert"
 	"github.com/pgshield/pgshield/internal/pgcluster"
 )
@@ -95,7 +95,7 @@ func devCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(config.Log{Level: "info", Format: "console"})
+	log, level, err := newLogger(config.Log{Level: "info", Format: "console"})
 	if err != nil {
 		return err
 	}
@@ -109,8 +109,8 @@ func devCmd(args []string) error {
 		fmt.Printf("config: %s   primary %s, replica %s\n", cfgPath, primary.Addr(), replica.Addr())
 		fmt.Printf("Ctrl-C stops the proxy and both clusters.\n\n")
 	}
-	reload := func() (*config.File, error) { return config.Load(cfgPath) }
-	return serve(ctx, cfg, reload, log.With(zap.String("mode", "dev")), ready)
+	load := func() (*config.File, error) { return config.Load(cfgPath) }
+	return serve(ctx, cfg, load, log.With(zap.String("mode", "dev")), level, ready)
 }
 
 // lockName is the lock file of a `pgshield dev` directory.

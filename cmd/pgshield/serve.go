@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"sync"
 	"syscall"
 	"time"
 
@@ -17,10 +16,11 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pgshield/pgshield/admin"
-	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/cmd/pgshield/config"
 	"github.com/pgshield/pgshield/metrics"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/proxy"
+	"github.com/pgshield/pgshield/router"
 )
 
 func serveCmd(args []string) error {
@@ -47,19 +47,22 @@ func serveCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.Log)
+	log, level, err := newLogger(cfg.Log)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return serve(ctx, cfg, func() (*config.File, error) { return config.Load(*path) }, log, nil)
+	return serve(ctx, cfg, func() (*config.File, error) { return config.Load(*path) }, log, level, nil)
 }
 
-// serve runs the proxy until ctx ends, reloading on SIGHUP. ready, when
-// set, is called with the proxy's address once it accepts clients.
-func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, error), log *zap.Logger, ready func(addr string)) error {
+// serve runs the proxy until ctx ends, reloading on SIGHUP. load reads the
+// configuration file again; level is the level of log, which a reload
+// changes. ready, when set, is called with the proxy's address once it
+// accepts clients.
+func serve(ctx context.Context, cfg *config.File, load func() (*config.File, error), log *zap.Logger, level zap.AtomicLevel,
+	ready func(addr string)) error {
 	pools, err := poolmgr.New(cfg.Pools, log.Named("poolmgr"))
 	if err != nil {
 		return err
@@ -92,19 +95,16 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 	alerter := metrics.NewAlerter(m, metrics.AlertConfig{}, nil)
 	go alerter.Run(ctx, 15*time.Second)
 
-	// SIGHUP and the console's RELOAD apply the file one at a time.
-	var reloadMu sync.Mutex
-	doReload := func() error {
-		reloadMu.Lock()
-		defer reloadMu.Unlock()
-		next, err := reload()
-		if err == nil {
-			err = applyReload(next, pools, srv)
-		}
-		return err
-	}
-	live := admin.NewLive(srv, pools, topo, alerter, doReload, versionString(),
-		[][2]string{{"admin_listen", aln.Addr().String()}, {"metrics_listen", mln.Addr().String()}})
+	// SIGHUP, the console's RELOAD, SET and RESET change the configuration
+	// one at a time, each as a whole.
+	run := newRunning(cfg, load, func(old, next *config.File) error {
+		return applyConfig(old, next, pools, srv, topo, level)
+	}, log)
+	live := admin.NewLive(srv, pools, topo, alerter, consoleSettings{run}, versionString(), func() [][2]string {
+		cur := run.current()
+		return [][2]string{{"admin_listen", aln.Addr().String()}, {"metrics_listen", mln.Addr().String()},
+			{"log.level", cur.Log.Level}, {"log.format", cur.Log.Format}}
+	})
 	console := admin.NewConsole(srv.AcceptAdmin, live, log.Named("admin"))
 	go func() {
 		if err := console.Serve(aln); err != nil {
@@ -143,16 +143,13 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 	for {
 		select {
 		case <-hup:
-			if err := doReload(); err != nil {
-				log.Error("configuration reload refused; the previous configuration stays", zap.Error(err))
-				continue
-			}
-			log.Info("configuration reloaded")
+			_ = run.reload("SIGHUP") // logged either way
 		case err := <-served:
 			return err
 		case <-ctx.Done():
-			log.Info("shutting down", zap.Duration("timeout", cfg.Proxy.ShutdownTimeout))
-			sctx, cancel := context.WithTimeout(context.Background(), cfg.Proxy.ShutdownTimeout)
+			timeout := run.current().Proxy.ShutdownTimeout
+			log.Info("shutting down", zap.Duration("timeout", timeout))
+			sctx, cancel := context.WithTimeout(context.Background(), timeout)
 			err := srv.Shutdown(sctx)
 			pools.Close(sctx)
 			cancel()
@@ -165,19 +162,51 @@ func serve(ctx context.Context, cfg *config.File, reload func() (*config.File, e
 	}
 }
 
-// applyReload swaps in a configuration that has already been validated as
-// a whole by config.Load.
-func applyReload(next *config.File, pools *poolmgr.Manager, srv *proxy.Server) error {
+// applyConfig puts next, validated as a whole already, in force in every
+// part: pools, proxy (with the parse cache), routing and the log level. A
+// part that refuses it (what it checks passed validation, so only a
+// change since, such as a certificate file gone, can) has the parts
+// before it put back to old: all or nothing. The keys fixed at start are
+// the same in both (running checks them). Databases added or removed
+// reach the pools but not the topology, which keeps the hosts it started
+// with.
+func applyConfig(old, next *config.File, pools *poolmgr.Manager, srv *proxy.Server, topo *router.Topology, level zap.AtomicLevel) error {
+	lvl, err := zapcore.ParseLevel(next.Log.Level)
+	if err != nil {
+		return fmt.Errorf("log.level: %w", err)
+	}
 	if err := pools.Update(next.Pools); err != nil {
 		return err
 	}
-	return srv.Reload(next.Proxy)
+	if err := srv.Reload(next.Proxy); err != nil {
+		_ = pools.Update(old.Pools)
+		return err
+	}
+	if err := topo.Update(routingConfig(next)); err != nil {
+		_ = srv.Reload(old.Proxy)
+		_ = pools.Update(old.Pools)
+		return err
+	}
+	level.SetLevel(lvl)
+	return nil
 }
 
-func newLogger(c config.Log) (*zap.Logger, error) {
-	var lvl zapcore.Level
-	if err := lvl.Set(c.Level); err != nil {
-		return nil, err
+// routingConfig is the topology's configuration: the routing section with
+// the check intervals of the pool settings, as proxy.NewTopology fills
+// them in.
+func routingConfig(f *config.File) router.TopologyConfig {
+	rc := f.Routing
+	rc.HealthCheckInterval = f.Pools.Pool.HealthCheckInterval
+	rc.CheckTimeout = f.Pools.Pool.ConnectTimeout
+	return rc
+}
+
+// newLogger builds the logger of c; the level it returns changes its
+// level at run time.
+func newLogger(c config.Log) (*zap.Logger, zap.AtomicLevel, error) {
+	lvl, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
 	}
 	zc := zap.NewProductionConfig()
 	if c.Format == "console" {
@@ -188,7 +217,7 @@ func newLogger(c config.Log) (*zap.Logger, error) {
 	zc.OutputPaths = []string{"stderr"}
 	log, err := zc.Build()
 	if err != nil {
-		return nil, errors.Join(errors.New("building logger"), err)
+		return nil, zap.AtomicLevel{}, errors.Join(errors.New("building logger"), err)
 	}
-	return log, nil
+	return log, zc.Level, nil
 }

@@ -1,6 +1,10 @@
 // Package config reads pgshield's YAML file into the per-package
-// configurations (proxy.Config, poolmgr.Config) and checks it whole, so a
-// reload either applies completely or not at all.
+// configurations (proxy.Config, poolmgr.Config, router.TopologyConfig)
+// and checks it whole, so a reload either applies completely or not at
+// all. The admin console's SET edits a parsed File by key as the file
+// writes it (settings.go), and RestartNeeded tells the keys that only a
+// restart changes. It belongs to the command: cmd/pgshield (and the test
+// of the file bench writes) import it.
 package config
 
 import (

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgshield/pgshield/proxy"
 )
 
 // SQLSTATEs the console reports. Source implementations use them in Error.
@@ -826,6 +828,11 @@ func sourceError(cmd string, err error) *Error {
 		return &Error{Code: CodeAdminShutdown, Err: err, Message: cmd + " cancelled: the admin console is shutting down"}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{Code: CodeQueryCanceled, Err: err, Message: cmd + " timed out"}
+	}
+	// What the proxy would tell a client of the same error (a pool wait,
+	// an unreachable server, a failover), else a failure of the command.
+	if _, code, msg, detail, hint, ok := proxy.ClientError(err); ok {
+		return &Error{Code: code, Err: err, Message: cmd + ": " + msg, Detail: detail, Hint: hint}
 	}
 	return &Error{Code: defaultSourceCode, Err: err, Message: cmd + " failed: " + err.Error()}
 }

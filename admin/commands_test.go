@@ -1,9 +1,14 @@
 package admin
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pgshield/pgshield/poolmgr"
+	"github.com/pgshield/pgshield/router"
 )
 
 // The command table is the one place a command is defined: the hint of an
@@ -78,5 +83,20 @@ func TestConsoleReset(t *testing.T) {
 	}
 	if string(res.Rows[0][2]) != "" || string(res.Rows[1][2]) != "set" {
 		t.Errorf("SHOW CONFIG source %q %q, want \"\" and set", res.Rows[0][2], res.Rows[1][2])
+	}
+}
+
+// The console reports an error of the pools or the topology under the
+// SQLSTATE a client would get for it, through the proxy's one mapping.
+func TestSourceErrorsMappedAsForClients(t *testing.T) {
+	for err, want := range map[error]string{
+		fmt.Errorf("x: %w", poolmgr.ErrWaitTimeout):                    "53300",
+		&poolmgr.DialError{Backend: "h:1", Err: errors.New("refused")}: "08006",
+		fmt.Errorf("x: %w", router.ErrFailingOver):                     "57P03",
+		errors.New("something else"):                                   defaultSourceCode,
+	} {
+		if got := sourceError("SHOW HEALTH", err).Code; got != want {
+			t.Errorf("%v: %s, want %s", err, got, want)
+		}
 	}
 }

@@ -122,8 +122,7 @@ func (c *Console) Shutdown(ctx context.Context) error {
 			_ = nc.Close()
 			continue
 		}
-		_ = cl.Terminate(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
-			Code: CodeAdminShutdown, Message: "terminating connection: pgshield is shutting down"})
+		_ = cl.Terminate(proxy.ErrorResponse("FATAL", CodeAdminShutdown, "terminating connection: pgshield is shutting down", "", ""))
 	}
 	done := make(chan struct{})
 	go func() { c.wg.Wait(); close(done) }()
@@ -157,8 +156,7 @@ func (c *Console) serveConn(nc net.Conn) {
 	}
 	c.mu.Unlock()
 	if closed {
-		_ = cl.Terminate(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
-			Code: CodeAdminShutdown, Message: "pgshield is shutting down"})
+		_ = cl.Terminate(proxy.ErrorResponse("FATAL", CodeAdminShutdown, "pgshield is shutting down", "", ""))
 		return
 	}
 	sess := &consoleSession{c: c, cl: cl,
@@ -244,7 +242,7 @@ func extendedRefused() *pgproto3.ErrorResponse {
 
 func (s *consoleSession) fatal(code, message string) {
 	s.log.Info("admin connection closed", zap.String("code", code), zap.String("reason", message))
-	_ = s.cl.Terminate(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: message})
+	_ = s.cl.Terminate(proxy.ErrorResponse("FATAL", code, message, "", ""))
 }
 
 // simpleQuery answers one Query message: each command in order, the first

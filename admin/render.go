@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/proxy"
 )
 
 // timeLayout is how timestamptz values are shown: PostgreSQL's ISO output
@@ -155,10 +157,7 @@ func nullIf[T comparable](v T) any {
 	return v
 }
 
-// errorResponse is e as an ErrorResponse.
+// response is e as an ErrorResponse, built as the proxy builds its own.
 func (e *Error) response() *pgproto3.ErrorResponse {
-	return &pgproto3.ErrorResponse{
-		Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: e.Code,
-		Message: e.Message, Detail: e.Detail, Hint: e.Hint,
-	}
+	return proxy.ErrorResponse("ERROR", e.Code, e.Message, e.Detail, e.Hint)
 }

@@ -103,10 +103,27 @@ func redactDialError(err error) string {
 	return err.Error()
 }
 
-// message builds the ErrorResponse for e.
+// response builds the ErrorResponse for e.
 func (e *pgError) response() *pgproto3.ErrorResponse {
+	return ErrorResponse(e.severity, e.code, e.message, e.detail, e.hint)
+}
+
+// ErrorResponse builds an ErrorResponse as pgshield sends every error, on
+// the client port and on the admin console alike: severity (ERROR or
+// FATAL) in both its localized and unlocalized fields, the SQLSTATE, and
+// the texts.
+func ErrorResponse(severity, code, message, detail, hint string) *pgproto3.ErrorResponse {
 	return &pgproto3.ErrorResponse{
-		Severity: e.severity, SeverityUnlocalized: e.severity, Code: e.code,
-		Message: e.message, Detail: e.detail, Hint: e.hint,
+		Severity: severity, SeverityUnlocalized: severity, Code: code,
+		Message: message, Detail: detail, Hint: hint,
 	}
+}
+
+// ClientError is what a client is told of err: its severity, SQLSTATE,
+// message, detail and hint, by the mapping every refusal goes through
+// (toPgError). ok is false for an error of no kind the mapping knows,
+// which a caller may describe better itself.
+func ClientError(err error) (severity, code, message, detail, hint string, ok bool) {
+	pe := toPgError(err)
+	return pe.severity, pe.code, pe.message, pe.detail, pe.hint, pe.code != codeInternalError
 }

@@ -36,6 +36,10 @@ type pgError struct {
 	message  string
 	detail   string
 	hint     string
+	// table, column and constraint are the ErrorResponse fields drivers
+	// map an error to a field with (pgx's PgError.ColumnName); set for
+	// policy refusals.
+	table, column, constraint string
 }
 
 func (e *pgError) Error() string { return e.severity + " " + e.code + ": " + e.message }
@@ -105,7 +109,9 @@ func redactDialError(err error) string {
 
 // response builds the ErrorResponse for e.
 func (e *pgError) response() *pgproto3.ErrorResponse {
-	return ErrorResponse(e.severity, e.code, e.message, e.detail, e.hint)
+	r := ErrorResponse(e.severity, e.code, e.message, e.detail, e.hint)
+	r.TableName, r.ColumnName, r.ConstraintName = e.table, e.column, e.constraint
+	return r
 }
 
 // ErrorResponse builds an ErrorResponse as pgshield sends every error, on

@@ -26,7 +26,8 @@ type Hooks struct {
 	// FunctionCall: the client called a function by OID (the legacy
 	// fast-path protocol).
 	FunctionCall func(FunctionCallEvent) Verdict
-	// CopyData: a CopyData message of a COPY FROM STDIN.
+	// CopyData: a CopyData message of a COPY FROM STDIN, and its CopyDone
+	// (CopyEvent.Done).
 	CopyData func(CopyEvent) Verdict
 	// Described: a RowDescription arrived. Returning true sends the rows
 	// of this result set to Row.
@@ -61,6 +62,10 @@ type StatementEvent struct {
 	Class *router.Class
 }
 
+// Kept is what a hook's Verdict.Keep left on a statement, handed back at
+// the events of that statement (its Binds, the COPY it starts), so that a
+// hook analyses a statement once, at Parse, not at every Bind.
+
 // BindEvent is a Bind: the statement it binds and its parameters.
 type BindEvent struct {
 	Session SessionInfo
@@ -70,6 +75,8 @@ type BindEvent struct {
 	Class *router.Class
 	// ParamTypes are the parameter type count and OIDs of its Parse.
 	ParamTypes []byte
+	// Kept is the Verdict.Keep of the statement's Parse.
+	Kept any
 	// Bind is the message, read in place: Bind.Values() walks the
 	// parameters, Bind.Format(i) says text or binary.
 	Bind wire.Bind
@@ -81,12 +88,18 @@ type FunctionCallEvent struct {
 	Body    []byte
 }
 
-// CopyEvent is one CopyData message of a COPY FROM STDIN, with the
-// statement that started the COPY.
+// CopyEvent is one CopyData message of a COPY FROM STDIN (or its end,
+// Done), with the statement that started the COPY.
 type CopyEvent struct {
 	Session SessionInfo
 	Class   *router.Class
-	Data    []byte
+	// Kept is the Verdict.Keep of the statement that started the COPY
+	// (its Query, or its Parse).
+	Kept any
+	Data []byte
+	// Done: the client sent CopyDone; Data is nil. A refusal now still
+	// fails the COPY.
+	Done bool
 }
 
 // DescribedEvent is a RowDescription body and the statement it describes.
@@ -128,15 +141,21 @@ type Verdict struct {
 	// client's (the Query text with its NUL, the Parse, the Bind, the
 	// CopyData). A retried statement is run again as rewritten.
 	Rewrite []byte
+	// Keep is kept with the statement (a Query's or a Parse's) and handed
+	// back at its later events (BindEvent.Kept, CopyEvent.Kept).
+	Keep any
 }
 
-// Refusal is an error a hook answers a message with.
+// Refusal is an error a hook answers a message with. Table, Column and
+// Constraint become the ErrorResponse's fields of those names.
 type Refusal struct {
 	Code, Message, Detail, Hint string
+	Table, Column, Constraint   string
 }
 
 func (r *Refusal) pgError() *pgError {
-	return &pgError{severity: "ERROR", code: r.Code, message: r.Message, detail: r.Detail, hint: r.Hint}
+	return &pgError{severity: "ERROR", code: r.Code, message: r.Message, detail: r.Detail, hint: r.Hint,
+		table: r.Table, column: r.Column, constraint: r.Constraint}
 }
 
 // SetHooks installs h for every session, at its next message (nil removes

@@ -68,6 +68,12 @@ func (s *session) forward(typ byte) error {
 			body = verdict.Rewrite
 		}
 	}
+	if typ == 'Q' || typ == 'P' {
+		s.keep = verdict.Keep
+		if typ == 'P' && s.unnamedSet && len(body) > 0 && body[0] == 0 {
+			s.unnamed.kept = verdict.Keep
+		}
+	}
 	switch typ {
 	case 'd':
 		if s.copyState == copyRefused {
@@ -191,7 +197,7 @@ func (s *session) hook(h *Hooks, typ byte, body []byte, class *router.Class) Ver
 			if b, ok := wire.ParseBind(body); ok {
 				ev := BindEvent{Session: s.hookInfo(), Bind: b}
 				if st := s.statementOf(b.Statement); st != nil {
-					ev.Text, ev.Class, ev.ParamTypes = st.query, st.class, st.types
+					ev.Text, ev.Class, ev.ParamTypes, ev.Kept = st.query, st.class, st.types, st.kept
 				}
 				return h.Bind(ev)
 			}
@@ -200,9 +206,9 @@ func (s *session) hook(h *Hooks, typ byte, body []byte, class *router.Class) Ver
 		if h.FunctionCall != nil {
 			return h.FunctionCall(FunctionCallEvent{Session: s.hookInfo(), Body: body})
 		}
-	case 'd':
+	case 'd', 'c':
 		if h.CopyData != nil && s.copyState == copyIn {
-			return h.CopyData(CopyEvent{Session: s.hookInfo(), Class: s.copyClass, Data: body})
+			return h.CopyData(CopyEvent{Session: s.hookInfo(), Class: s.copyClass, Kept: s.copyKept, Data: body, Done: typ == 'c'})
 		}
 	}
 	return Verdict{}
@@ -279,8 +285,16 @@ func (s *session) planLocked(typ byte, body []byte, class *router.Class, v Verdi
 			}
 			s.retries = 0
 		}
-		if typ == 'Q' || typ == 'E' {
-			s.copyClass = class // should it start a COPY FROM STDIN
+		switch typ { // should it start a COPY FROM STDIN
+		case 'Q':
+			s.copyClass, s.copyKept = class, s.keep
+		case 'E':
+			s.copyClass, s.copyKept = class, nil
+			if name, ok := executePortal(body); ok {
+				if p := s.portalOf(name); p.st != nil {
+					s.copyKept = p.st.kept
+				}
+			}
 		}
 		if typ == 'S' {
 			s.queue.skipping = false
@@ -336,7 +350,7 @@ func (s *session) refuseLocked(typ byte, err *pgError) {
 	case 'Q', 'F':
 		s.wbuf = wire.AppendFrame(s.wbuf, 'Q', []byte(rejectedSQL), nul)
 		s.pushLocked(expected{typ: typ, replaceErr: err})
-	case 'd':
+	case 'd', 'c':
 		// The COPY's ErrorResponse answers the statement that started it.
 		for i := s.queue.head; i < len(s.queue.items); i++ {
 			if e := &s.queue.items[i]; e.typ == 'Q' || e.typ == 'E' {

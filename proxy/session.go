@@ -129,6 +129,9 @@ type session struct {
 	portals    map[string]portal
 	copyClass  *router.Class // the statement a COPY FROM STDIN in progress runs
 	copyState  copyState
+	// keep is the Statement hook's Verdict.Keep for the message being
+	// planned; copyKept that of the statement a COPY in progress runs.
+	keep, copyKept any
 
 	mu sync.Mutex // guards the fields below
 	// life is where the session is between login and close (sstate.go).

@@ -48,6 +48,9 @@ type clientStmt struct {
 	// rows: whether the Row hook wants its result rows, once a
 	// RowDescription of it has been seen (guarded by s.mu).
 	rows rowsHook
+	// kept is the Statement hook's Verdict.Keep for it (client
+	// goroutine).
+	kept any
 }
 
 // rowsHook says whether the rows of a statement go to the Row hook.
@@ -64,7 +67,7 @@ func (s *session) addStmtLocked(name string, query, types []byte, class *router.
 	if s.stmts == nil {
 		s.stmts = make(map[string]*clientStmt)
 	}
-	st := &clientStmt{query: append([]byte(nil), query...), types: append([]byte(nil), types...), class: class}
+	st := &clientStmt{query: append([]byte(nil), query...), types: append([]byte(nil), types...), class: class, kept: s.keep}
 	st.key = string(st.query) + "\x00" + string(st.types)
 	s.stmts[name] = st
 	return st

@@ -100,6 +100,10 @@ type CopyEvent struct {
 	// Done: the client sent CopyDone; Data is nil. A refusal now still
 	// fails the COPY.
 	Done bool
+	// State is the hook's own state for this COPY (a row reader, say):
+	// nil at the first CopyData of each COPY, kept by the session until
+	// the COPY ends.
+	State *any
 }
 
 // DescribedEvent is a RowDescription body and the statement it describes.

@@ -52,6 +52,7 @@ func (s *session) forward(typ byte) error {
 	h := s.srv.hooks.Load()
 	if typ == 'd' && s.copyState == copyNone {
 		s.copyState = copyIn // the client sends data only once a COPY FROM STDIN runs
+		s.copyHookState = nil
 	}
 	var body []byte
 	if s.needsBody(typ, h) {
@@ -208,7 +209,7 @@ func (s *session) hook(h *Hooks, typ byte, body []byte, class *router.Class) Ver
 		}
 	case 'd', 'c':
 		if h.CopyData != nil && s.copyState == copyIn {
-			return h.CopyData(CopyEvent{Session: s.hookInfo(), Class: s.copyClass, Kept: s.copyKept, Data: body, Done: typ == 'c'})
+			return h.CopyData(CopyEvent{Session: s.hookInfo(), Class: s.copyClass, Kept: s.copyKept, Data: body, Done: typ == 'c', State: &s.copyHookState})
 		}
 	}
 	return Verdict{}

@@ -132,6 +132,7 @@ type session struct {
 	// keep is the Statement hook's Verdict.Keep for the message being
 	// planned; copyKept that of the statement a COPY in progress runs.
 	keep, copyKept any
+	copyHookState  any // CopyEvent.State
 
 	mu sync.Mutex // guards the fields below
 	// life is where the session is between login and close (sstate.go).

@@ -1,0 +1,13 @@
+// Package example holds the example application of the operations guide
+// pgshield implements (an insurance lead-generation platform): its schema
+// and its policy, which `pgshield dev` loads and the tests use.
+package example
+
+import _ "embed"
+
+//go:embed schema.sql
+var schema string
+
+// Schema is the SQL that creates the example tables (idempotent: CREATE …
+// IF NOT EXISTS, and a trigger replaced).
+func Schema() string { return schema }

@@ -344,10 +344,7 @@ func (s *session) respondReady(srv *poolmgr.Conn, body []byte) respAction {
 		s.serverError(srv, wire.ErrorField(out[wire.HeaderLen:], 'C'))
 	}
 	rs.respSent, rs.descSent, rs.rows = false, false, false
-	s.mu.Lock()
-	ending := s.life == lifeEnding
-	s.mu.Unlock()
-	if ending {
+	if s.lifeNow() == lifeEnding {
 		s.endAtReady(srv, status)
 		return respAction{out: out, next: nextEnd}
 	}
@@ -400,7 +397,7 @@ func (s *session) settleReady(srv *poolmgr.Conn, status byte) readyResult {
 	s.txStatus = status
 	s.idle.Broadcast()
 	s.settleLocked(status, srv)
-	if s.life >= lifeClosing {
+	if s.life >= lifeEnding { // KILL came after respondReady's check: end here
 		s.atBoundary = true
 		s.reader = readerNone
 		s.mu.Unlock()

@@ -135,8 +135,10 @@ type session struct {
 	copyHookState  any // CopyEvent.State
 
 	mu sync.Mutex // guards the fields below
-	// life is where the session is between login and close (sstate.go).
-	life lifecycle
+	// life is where the session is between login and close (sstate.go);
+	// lifeSeen holds the same, for reads without the lock.
+	life     lifecycle
+	lifeSeen atomic.Uint32
 	// reader is who reads the server's answers now; pumpDone is closed when
 	// a background pump exits; atBoundary says the last reader stopped
 	// between two messages, so the server stream is intact.

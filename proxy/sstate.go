@@ -49,11 +49,16 @@ func (s *session) setLifeLocked(next lifecycle) bool {
 	for _, to := range lifecycleMoves[s.life] {
 		if to == next {
 			s.life = next
+			s.lifeSeen.Store(uint32(next))
 			return true
 		}
 	}
 	return false
 }
+
+// lifeNow is s.life read without the lock, for the reader's check at
+// every ReadyForQuery (a lock there would cost every transaction).
+func (s *session) lifeNow() lifecycle { return lifecycle(s.lifeSeen.Load()) }
 
 // reader says who reads the attached server's answers and forwards them
 // to the client; only that goroutine may write to the client meanwhile.

@@ -66,6 +66,9 @@ type Metrics struct {
 	QueryErrors *prometheus.CounterVec // service, database, class (SQLSTATE class)
 	Deadlocks   *prometheus.CounterVec // service, database
 	Retries     *prometheus.CounterVec // service, database, code
+	// PolicyRejections counts statements the policy refused, by the kind
+	// of rule (type, required, pattern, row, firewall, copy …).
+	PolicyRejections *prometheus.CounterVec // service, database, kind
 }
 
 // New registers every collector; src provides the gauges (nil: none).
@@ -87,9 +90,12 @@ func New(src Source) *Metrics {
 	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgshield_statement_retries_total", Help: "Statements run again after a serialization failure or deadlock."},
 		[]string{"service", "database", "code"})
+	m.PolicyRejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgshield_policy_rejections_total", Help: "Statements the policy (validation rules, firewall) refused, by the kind of rule."},
+		[]string{"service", "database", "kind"})
 	m.Transactions = newFamily[Counter]("database_transactions_total",
 		"Transactions ended, by outcome: commit, or rollback (explicit or by error).", "service", "database", "outcome")
-	m.Registry.MustRegister(m.QueryDuration, m.QueryErrors, m.TxDuration, m.SlowQueries, m.Deadlocks, m.PoolWait, m.Retries, m.Transactions,
+	m.Registry.MustRegister(m.QueryDuration, m.QueryErrors, m.TxDuration, m.SlowQueries, m.Deadlocks, m.PoolWait, m.Retries, m.PolicyRejections, m.Transactions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src != nil {
 		m.Registry.MustRegister(&stateCollector{src: src})
@@ -167,4 +173,9 @@ func ErrorClass(code string) string {
 		return "XX"
 	}
 	return code[:2]
+}
+
+// Rejected counts a statement the policy refused.
+func (m *Metrics) Rejected(service, database, kind string) {
+	m.PolicyRejections.WithLabelValues(service, database, kind).Inc()
 }

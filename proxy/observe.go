@@ -160,6 +160,9 @@ func Ready(topo *router.Topology) func(context.Context) error {
 // SetMetrics makes the proxy record into m. Call before serving.
 func (s *Server) SetMetrics(m *metrics.Metrics) { s.metrics = m }
 
+// Metrics is what SetMetrics gave, nil without metrics.
+func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
+
 // countError records an ErrorResponse from the server by its SQLSTATE:
 // errors by class, and deadlocks (also those the proxy then retries).
 func (s *session) countError(code []byte) {

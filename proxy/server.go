@@ -46,10 +46,12 @@ type Server struct {
 	// endedLookups are the parse cache lookups of sessions that ended.
 	endedLookups uint64
 
-	hooks      atomic.Pointer[Hooks] // nil: none (SetHooks)
-	classifier *router.Classifier    // nil when classification is off
-	topo       *router.Topology      // nil: every client goes to the configured primary
-	metrics    *metrics.Metrics      // nil: nothing recorded
+	hooks      atomic.Pointer[Hooks]       // nil: none (SetHooks)
+	policy     atomic.Pointer[policyState] // nil: none (SetPolicy)
+	catalogs   *catalogs                   // tables' columns, for the policy
+	classifier *router.Classifier          // nil when classification is off
+	topo       *router.Topology            // nil: every client goes to the configured primary
+	metrics    *metrics.Metrics            // nil: nothing recorded
 	queryStats *metrics.QueryStats
 	statsOff   atomic.Bool // disable_stats, changed by Reload
 	// waits are the pool wait sketches by pool; ended the counters of
@@ -84,6 +86,8 @@ func New(cfg Config, pools Pools, topo *router.Topology, log *zap.Logger) (*Serv
 		s.classifier = router.New(router.Config{ParseCacheSize: cfg.ParseCacheSize})
 	}
 	s.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
+	conn, _ := pools.(connector)
+	s.catalogs = newCatalogs(conn, log.Named("catalog"))
 	return s, nil
 }
 

@@ -92,6 +92,9 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 	defer topo.Close()
 	m := metrics.New(proxy.MetricsSource(srv, pools, topo))
 	srv.SetMetrics(m)
+	if cfg.Policy != nil {
+		srv.SetPolicy(cfg.Policy, m)
+	}
 	alerter := metrics.NewAlerter(m, metrics.AlertConfig{}, nil)
 	go alerter.Run(ctx, 15*time.Second)
 
@@ -188,6 +191,9 @@ func applyConfig(old, next *config.File, pools *poolmgr.Manager, srv *proxy.Serv
 		return err
 	}
 	level.SetLevel(lvl)
+	if next.Policy != old.Policy {
+		srv.SetPolicy(next.Policy, srv.Metrics())
+	}
 	return nil
 }
 

@@ -11,3 +11,10 @@ var schema string
 // Schema is the SQL that creates the example tables (idempotent: CREATE …
 // IF NOT EXISTS, and a trigger replaced).
 func Schema() string { return schema }
+
+//go:embed policy.yaml
+var policyFile string
+
+// Policy is the example policy file: validation rules of the example
+// tables (docs/policy.md explains each key).
+func Policy() string { return policyFile }

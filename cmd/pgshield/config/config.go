@@ -20,6 +20,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pgshield/pgshield/policy"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/proxy"
 	"github.com/pgshield/pgshield/router"
@@ -33,6 +34,11 @@ type File struct {
 	AdminListen   string                `yaml:"admin_listen"`
 	MetricsListen string                `yaml:"metrics_listen"`
 	Log           Log                   `yaml:"log"`
+	// PolicyFile is the validation rules and firewall (docs/policy.md),
+	// relative to this file's directory; reloaded with it.
+	PolicyFile string `yaml:"policy_file"`
+	// Policy is PolicyFile compiled, by Load; nil without one.
+	Policy *policy.Policy `yaml:"-"`
 }
 
 // Log configures logging.
@@ -54,6 +60,9 @@ func Load(path string) (*File, error) {
 		return nil, err
 	}
 	f, err := Parse(data)
+	if err == nil {
+		err = f.loadPolicyOf(path)
+	}
 	if err != nil {
 		// With several problems, the file name gets a line of its own so
 		// that each problem stays one line.

@@ -62,7 +62,6 @@ type planWrite struct {
 // judgeScratch are the buffers of one judgement, pooled.
 type judgeScratch struct {
 	vals   []policy.Value
-	idx    []int
 	params [][]byte
 	fmts   []int16
 	nulls  []bool

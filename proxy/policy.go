@@ -27,12 +27,16 @@ import (
 
 // policyState is the policy in force and what it caches.
 type policyState struct {
-	p      *policy.Policy
-	mu     sync.Mutex                               // guards plans' map (not the caches)
-	plans  map[string]*lru.Cache[string, *stmtPlan] // by database, by text
-	pool   sync.Pool                                // *judgeScratch
-	srv    *Server
-	counts policyCounter
+	p     *policy.Policy
+	mu    sync.Mutex                               // guards plans' maps (not the caches)
+	plans map[string]*lru.Cache[string, *stmtPlan] // by database, by text
+	// fpPlans are plans of statements that write no governed table, for
+	// the firewall only, by database and fingerprint: texts that differ in
+	// their literals share one analysis.
+	fpPlans map[string]*lru.Cache[string, *stmtPlan]
+	pool    sync.Pool // *judgeScratch
+	srv     *Server
+	counts  policyCounter
 }
 
 // policyCounter counts refusals by kind (pgshield_policy_rejections_total).
@@ -78,7 +82,8 @@ func (s *Server) SetPolicy(p *policy.Policy, counts policyCounter) {
 		s.SetHooks(nil)
 		return
 	}
-	ps := &policyState{p: p, plans: make(map[string]*lru.Cache[string, *stmtPlan]), srv: s, counts: counts}
+	ps := &policyState{p: p, plans: make(map[string]*lru.Cache[string, *stmtPlan]),
+		fpPlans: make(map[string]*lru.Cache[string, *stmtPlan]), srv: s, counts: counts}
 	ps.pool.New = func() any { return new(judgeScratch) }
 	s.policy.Store(ps)
 	s.catalogs.invalidate("")
@@ -99,21 +104,19 @@ func (s *Server) Policy() *policy.Policy {
 }
 
 // governed reports whether a statement of class may concern the policy
-// for the session: it writes a governed table, or the service has
-// firewall rules.
-func (ps *policyState) governed(si SessionInfo, class *router.Class) bool {
-	if ps.p.Firewall().Governs(si.Service) {
-		return true
-	}
+// for the session: it writes a governed table (writes), or the service
+// has firewall rules (firewall).
+func (ps *policyState) governed(si SessionInfo, class *router.Class) (writes, firewall bool) {
+	firewall = ps.p.Firewall().Governs(si.Service)
 	if class == nil {
-		return true // not classified: analyse it
+		return true, firewall // not classified: analyse it
 	}
 	for _, t := range class.Writes {
 		if ps.p.Governs(si.Database, si.Service, bareName(t)) {
-			return true
+			return true, firewall
 		}
 	}
-	return false
+	return false, firewall
 }
 
 // bareName drops a schema from a table name as the classifier wrote it.
@@ -124,14 +127,14 @@ func bareName(t string) string {
 	return t
 }
 
-// plansOf is the plan cache of a database.
-func (ps *policyState) plansOf(database string) *lru.Cache[string, *stmtPlan] {
+// plansOf is a plan cache of a database, from m (plans or fpPlans).
+func (ps *policyState) plansOf(m map[string]*lru.Cache[string, *stmtPlan], database string) *lru.Cache[string, *stmtPlan] {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	c := ps.plans[database]
+	c := m[database]
 	if c == nil {
 		c, _ = lru.New[string, *stmtPlan](planCacheSize)
-		ps.plans[database] = c
+		m[database] = c
 	}
 	return c
 }
@@ -140,18 +143,31 @@ func (ps *policyState) plansOf(database string) *lru.Cache[string, *stmtPlan] {
 func (ps *policyState) forget(database string) {
 	ps.mu.Lock()
 	delete(ps.plans, database)
+	delete(ps.fpPlans, database)
 	ps.mu.Unlock()
 }
 
-// plan returns the analysis of text, from the cache or made now.
-func (ps *policyState) plan(si SessionInfo, text []byte) *stmtPlan {
-	cache := ps.plansOf(si.Database)
-	if len(text) > 0 {
-		// The lookup key aliases text: a cache does not keep keys it is
-		// only asked for.
-		if p, ok := cache.Get(unsafe.String(&text[0], len(text))); ok {
+// plan returns the analysis of text, from the cache or made now. A
+// statement that writes no governed table is cached by its fingerprint
+// (fp, when known), which literals do not change.
+func (ps *policyState) plan(si SessionInfo, text []byte, fp string) *stmtPlan {
+	var cache *lru.Cache[string, *stmtPlan]
+	key := fp
+	if fp != "" {
+		cache = ps.plansOf(ps.fpPlans, si.Database)
+		if p, ok := cache.Get(fp); ok {
 			return p
 		}
+	} else {
+		cache = ps.plansOf(ps.plans, si.Database)
+		if len(text) > 0 {
+			// The lookup key aliases text: a cache does not keep keys it
+			// is only asked for.
+			if p, ok := cache.Get(unsafe.String(&text[0], len(text))); ok {
+				return p
+			}
+		}
+		key = string(text)
 	}
 	tree, err := router.Tree(text)
 	if err != nil {
@@ -190,7 +206,7 @@ func (ps *policyState) plan(si SessionInfo, text []byte) *stmtPlan {
 			pl.writes = append(pl.writes, pw)
 		}
 	}
-	cache.Add(string(text), pl)
+	cache.Add(key, pl)
 	return pl
 }
 
@@ -198,10 +214,15 @@ func hasPrefix(s, p string) bool { return strings.HasPrefix(s, p) }
 
 // statement is the Statement hook: the firewall, then a Query's literals.
 func (ps *policyState) statement(ev StatementEvent) Verdict {
-	if !ps.governed(ev.Session, ev.Class) {
+	writes, firewall := ps.governed(ev.Session, ev.Class)
+	if !writes && !firewall {
 		return Verdict{}
 	}
-	pl := ps.plan(ev.Session, ev.Text)
+	fp := ""
+	if !writes && ev.Class != nil {
+		fp = ev.Class.Fingerprint
+	}
+	pl := ps.plan(ev.Session, ev.Text, fp)
 	if fw := ps.p.Firewall(); fw.Governs(ev.Session.Service) {
 		fp := ""
 		if ev.Class != nil {

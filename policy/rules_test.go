@@ -152,8 +152,8 @@ func TestCompileExample(t *testing.T) {
 	if !p.Governs("app", "api", "leads") || !p.Governs("app", "analytics", "leads") || p.Governs("app", "api", "carriers") {
 		t.Error("Governs")
 	}
-	if p.Firewall() != nil {
-		t.Error("firewall without a firewall section")
+	if !p.Firewall().Governs("api") || p.Firewall().Governs("analytics") {
+		t.Error("the example's firewall governs api only")
 	}
 }
 

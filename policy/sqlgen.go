@@ -2,6 +2,7 @@ package policy
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -588,4 +589,17 @@ func sqlLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''")
 // sqlComment keeps text from the file on its comment line.
 func sqlComment(s string) string {
 	return strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(s)
+}
+
+// Databases lists the databases the policy has rules for, sorted.
+func (p *Policy) Databases() []string {
+	if p == nil {
+		return nil
+	}
+	out := make([]string, 0, len(p.databases))
+	for name := range p.databases {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
 }

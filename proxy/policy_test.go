@@ -251,3 +251,23 @@ func TestPolicyStatefulRules(t *testing.T) {
 		t.Errorf("an ungoverned table: %v", err)
 	}
 }
+
+// The example firewall: the api service gets 42501 for a DELETE without
+// WHERE and for DROP TABLE; another service does not.
+func TestPolicyFirewall(t *testing.T) {
+	e, _ := startPolicyProxy(t)
+	ctx := ctxT(t)
+	api := e.connect(t, "app", "")
+	for _, sql := range []string{"DELETE FROM leads", "DROP TABLE audit_log", "SELECT pg_read_file('/etc/hostname')"} {
+		if _, err := api.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); pgCode(err) != "42501" {
+			t.Errorf("api: %s: %v, want 42501", sql, err)
+		}
+	}
+	if _, err := api.Exec(ctx, "DELETE FROM leads WHERE id = -1", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Errorf("api: a DELETE with WHERE: %v", err)
+	}
+	other := e.connect(t, "tiny", "") // analytics: no firewall rules
+	if _, err := other.Exec(ctx, "DELETE FROM lead_assignments", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Errorf("analytics: a DELETE without WHERE: %v", err)
+	}
+}

@@ -18,7 +18,9 @@ import (
 
 	"github.com/pgshield/pgshield/cmd/pgshield/config"
 	"github.com/pgshield/pgshield/internal/devcert"
+	"github.com/pgshield/pgshield/internal/example"
 	"github.com/pgshield/pgshield/internal/pgcluster"
+	"github.com/pgshield/pgshield/policy"
 )
 
 // devCmd starts a throwaway primary and synchronous replica under a
@@ -86,6 +88,15 @@ func devCmd(args []string) error {
 	if err != nil {
 		return err
 	}
+	// The example application: its schema, its policy (written once, so
+	// that edits to it survive the next run) and the SQL the policy
+	// compiles to, so that what bypasses pgshield keeps the rules too.
+	policyPath := filepath.Join(abs, "policy.yaml")
+	if _, err := os.Stat(policyPath); errors.Is(err, os.ErrNotExist) {
+		if err := os.WriteFile(policyPath, []byte(example.Policy()), 0o644); err != nil {
+			return err
+		}
+	}
 	cfgPath := filepath.Join(abs, "pgshield.yaml")
 	yaml := devConfig(*listen, *adminListen, *metricsListen, certs, primary, replica)
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
@@ -94,6 +105,10 @@ func devCmd(args []string) error {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return err
+	}
+	say("creating the example application's tables and applying its policy (%s)", filepath.Join(*dir, "policy.yaml"))
+	if err := primary.Exec(startCtx, "app", "SET ROLE app;\n"+example.Schema()+"\n"+policy.SQL(cfg.Policy, "app")); err != nil {
+		return fmt.Errorf("the example application: %w", err)
 	}
 	log, level, err := newLogger(config.Log{Level: "info", Format: "console"})
 	if err != nil {
@@ -107,6 +122,8 @@ func devCmd(args []string) error {
 		fmt.Printf("admin console: psql -h %s -p %s -U admin pgshield   (password admin; try SHOW HELP;)\n", ahost, aport)
 		fmt.Printf("metrics: http://%s/metrics   health: /healthz, /readyz\n", *metricsListen)
 		fmt.Printf("config: %s   primary %s, replica %s\n", cfgPath, primary.Addr(), replica.Addr())
+		fmt.Printf("policy: %s; see a refusal: psql postgres://app:app@%s:%s/app -c \"INSERT INTO leads (email) VALUES ('not-an-email')\"\n",
+			policyPath, host, port)
 		fmt.Printf("Ctrl-C stops the proxy and both clusters.\n\n")
 	}
 	load := func() (*config.File, error) { return config.Load(cfgPath) }
@@ -210,6 +227,8 @@ metrics_listen: %s
 tls: {cert_file: %q, key_file: %q, client: prefer}
 users:
   - {name: app, password: app, service: api}
+  - {name: analyst, password: analyst, service: analytics}
+  - {name: jobs, password: jobs, service: background-jobs}
   - {name: admin, password: admin, admin: true}
 databases:
   app:
@@ -226,5 +245,9 @@ pool: {connect_timeout: 5s, idle_timeout: 30m, health_check_interval: 60s, wait_
 # promotion loses no acknowledged commit.
 routing: {failover: promote, failover_after: 3s, max_replica_lag: 10s, read_your_writes: lsn}
 log: {level: info, format: console}
+# Validation rules and firewall of the example application (written once;
+# edit it and RELOAD on the admin console). pgshield policy sql prints the
+# SQL that enforces it inside PostgreSQL too.
+policy_file: policy.yaml
 `, listen, admin, metrics, certs.CertFile, certs.KeyFile, primary.Addr(), replica.Addr(), primary.CAFile)
 }

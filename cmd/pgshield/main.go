@@ -36,6 +36,8 @@ func main() {
 		err = serveCmd(os.Args[2:])
 	case "dev":
 		err = devCmd(os.Args[2:])
+	case "policy":
+		err = policyCmd(os.Args[2:])
 	case "version", "--version":
 		fmt.Println("pgshield", versionString())
 	case "help", "-h", "-help", "--help":
@@ -61,6 +63,7 @@ func usage(w io.Writer) {
 commands:
   serve    run the proxy from a configuration file (--config pgshield.yaml)
   dev      start a throwaway primary + replica and serve the proxy in front of them
+  policy   policy sql --config FILE: the SQL that enforces the policy inside PostgreSQL
   version  print the version
   help     print this help
 

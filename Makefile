@@ -53,7 +53,11 @@ fuzz:
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzParseStartup -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzClientMessages -fuzztime $(FUZZTIME)
 	$(GO) test ./router -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME)
-	$(GO) test ./cmd/pgshield/config -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./cmd/pgshield/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/wire -run '^$$' -fuzz FuzzFields -fuzztime $(FUZZTIME)
+	$(GO) test ./policy -run '^$$' -fuzz FuzzAnalyze -fuzztime $(FUZZTIME)
+	$(GO) test ./policy -run '^$$' -fuzz FuzzCopyReader -fuzztime $(FUZZTIME)
+	$(GO) test ./policy -run '^$$' -fuzz FuzzDecodeBinary -fuzztime $(FUZZTIME)
 
 ## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer
 ## (installs Debian's pgbouncer when missing); results in bench/RESULTS.md.

@@ -32,7 +32,7 @@ const (
 	databaseQueryTimeout             = 10 * time.Second
 	defaultQueries                   = 20
 	// showHint is showItemsHint() as a constant (a test keeps them equal).
-	showHint           = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, HELP" // showItemsHint(), as a constant; a test keeps them equal
+	showHint           = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, POLICY, FIREWALL, HELP" // showItemsHint(), as a constant; a test keeps them equal
 	showTag            = "SHOW"
 	maxQueriesArgument = 100000
 )
@@ -235,6 +235,8 @@ func commandTable() []command {
 		{name: "READMIT", usage: "READMIT <database> <host:port>", run: (*Console).readmit,
 			args: exactly(2, "a database and a backend: READMIT <database> <host:port>", "", "the fenced backends are in SHOW BACKENDS"),
 			help: "put a fenced backend back into service"},
+		{name: "FIREWALL", usage: "FIREWALL SAVE [service]", args: firewallArgs, run: (*Console).firewallSave,
+			help: "write the fingerprints a service learned (without a service: every service in mode learn) to its allow_file, the allow list of mode enforce"},
 		{name: "HELP", usage: "HELP", args: noArgs, run: func(c *Console, ctx context.Context, _ []token) (*answer, error) {
 			return c.show(ctx, "HELP", nil)
 		}},
@@ -261,6 +263,10 @@ func showTable() []showItem {
 		{name: "TABLES", help: "per database: table sizes, scans, dead tuples, vacuum and analyze times", run: databaseTable(sqlTables)},
 		{name: "INDEXES", help: "per database: index sizes and usage, unused indexes", run: databaseTable(sqlIndexes)},
 		{name: "ALERTS", help: "alerts firing now", run: table((*Console).alerts)},
+		{name: "POLICY", help: "the policy's rules in force: table, column, rule, kind, services, rows checked and refusals since the policy was loaded",
+			run: table((*Console).policyRules)},
+		{name: "FIREWALL", help: "the firewall of each service: mode, fingerprints learned or allowed with their normalized text, deny rules",
+			run: table((*Console).firewallRows)},
 		{name: "HELP", help: "this list (also HELP)", run: table(func(*Console) *Result {
 			res := &Result{Columns: Cols("command", TypeText, "description", TypeText)}
 			for _, h := range helpLines() {

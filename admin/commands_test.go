@@ -31,7 +31,8 @@ func TestCommandTable(t *testing.T) {
 	for _, h := range helpLines() {
 		help = append(help, h[0])
 	}
-	for _, want := range []string{"SHOW POOLS", "SHOW QUERIES [n]", "SHOW HELP", "PAUSE [database]", "SET <setting> = <value>", "RESET <setting>|ALL", "READMIT <database> <host:port>"} {
+	for _, want := range []string{"SHOW POOLS", "SHOW QUERIES [n]", "SHOW HELP", "PAUSE [database]", "SET <setting> = <value>", "RESET <setting>|ALL", "READMIT <database> <host:port>",
+		"SHOW POLICY", "SHOW FIREWALL", "FIREWALL SAVE [service]"} {
 		if !slices.Contains(help, want) {
 			t.Errorf("SHOW HELP has no line %q", want)
 		}

@@ -148,6 +148,30 @@ func (f *fakeSource) Reset(name string) error      { return f.record("RESET " + 
 func (f *fakeSource) Readmit(database, backend string) error {
 	return f.record("READMIT " + database + " " + backend)
 }
+func (f *fakeSource) Policy() []PolicyRow {
+	return []PolicyRow{
+		{Database: "app", Table: "agents", Rule: "agents_capacity", Kind: "row", Checks: 12, Refusals: 1},
+		{Database: "app", Table: "leads", Column: "email", Rule: "leads_email_type", Kind: "type", Checks: 40, Refusals: 3},
+		{Database: "app", Table: "leads", Column: "source", Rule: "leads_source_pattern", Kind: "pattern", Services: "api", Checks: 40},
+	}
+}
+func (f *fakeSource) Firewall() []FirewallRow {
+	return []FirewallRow{
+		{Service: "api", Mode: "learn", Fingerprint: "0123456789abcdef", Source: "learned", Query: "SELECT * FROM leads WHERE id = $1", Rules: "deny: DROP"},
+		{Service: "api", Mode: "learn", Fingerprint: "fedcba9876543210", Source: "allowed", Rules: "deny: DROP"},
+		{Service: "jobs", Mode: "off", Rules: "deny_functions: dblink"},
+	}
+}
+func (f *fakeSource) FirewallSave(service string) ([]SavedAllowList, error) {
+	if err := f.record("FIREWALL SAVE " + service); err != nil {
+		return nil, err
+	}
+	if service == "" {
+		return []SavedAllowList{{Service: "api", Path: "policy/allow-api.txt", Learned: 2, Total: 3},
+			{Service: "web", Path: "policy/allow-web.txt", Learned: 1, Total: 1}}, nil
+	}
+	return []SavedAllowList{{Service: service, Path: "policy/allow-" + service + ".txt", Learned: 2, Total: 3}}, nil
+}
 
 // consoleEnv is a console behind a real proxy handshake.
 type consoleEnv struct {
@@ -317,6 +341,8 @@ func TestConsoleShowColumns(t *testing.T) {
 		{"SHOW TRANSACTIONS", "client_id user service database backend state isolation age_s statements rows tables long", 1},
 		{"SHOW PINNED", "client_id user service database backend server_pid reasons", 1},
 		{"SHOW ALERTS", "severity alert subject value threshold since message", 1},
+		{"SHOW POLICY", "database table column rule kind services checks refusals", 3},
+		{"SHOW FIREWALL", "service mode fingerprint source query rules", 3},
 		{"SHOW HEALTH", "database total cache_hit_ratio", 2},
 		{"SHOW LOCKS", "database blocked_pid blocking_pid", 0},
 		{"SHOW TABLES", "database table dead_tuples", 2},
@@ -493,6 +519,13 @@ func TestConsoleErrors(t *testing.T) {
 		{"RELOAD now", "42601", "RELOAD takes no arguments", ""},
 		{"READMIT leads", "42601", "READMIT needs a database and a backend", ""},
 		{"READMIT leads nohost", "22023", `invalid backend "nohost"`, ""},
+		{"FIREWALL", "42601", "FIREWALL needs SAVE", "SHOW FIREWALL"},
+		{"FIREWALL LOAD api", "42601", "FIREWALL needs SAVE", ""},
+		{"FIREWALL 'SAVE'", "42601", "FIREWALL needs SAVE", ""},
+		{"FIREWALL SAVE api web", "42601", "FIREWALL SAVE takes at most one service, got 2 arguments", ""},
+		{"FIREWALL SAVE ''", "42601", "FIREWALL SAVE needs a service name or nothing", ""},
+		{"SHOW POLICY leads", "42601", "SHOW POLICY takes no arguments", ""},
+		{"SHOW FIREWALL api", "42601", "SHOW FIREWALL takes no arguments", ""},
 	} {
 		t.Run(tc.sql, func(t *testing.T) {
 			_, err := c.PgConn().Exec(ctxT(t), tc.sql).ReadAll()
@@ -534,6 +567,7 @@ func TestConsoleControl(t *testing.T) {
 		{"KILL 42", "KILL", "client 42 disconnected"},
 		{"SET pool.wait_timeout TO '10s'", "SET", `pool.wait_timeout set to "10s"`},
 		{"READMIT leads 127.0.0.1:5432", "READMIT", "backend 127.0.0.1:5432 of database leads readmitted"},
+		{"firewall save api", "FIREWALL SAVE", "service api: 3 fingerprints written to policy/allow-api.txt (2 learned); to allow only these, set firewall.api.mode: enforce in the policy file and RELOAD"},
 	} {
 		res := exec1(t, c, tc.sql)
 		if len(res) != 1 || res[0].CommandTag.String() != tc.tag || len(res[0].FieldDescriptions) != 0 {
@@ -544,9 +578,65 @@ func TestConsoleControl(t *testing.T) {
 			t.Errorf("%s: notices %q, want %q", tc.sql, got, tc.notice)
 		}
 	}
-	want := []string{"PAUSE ", "PAUSE leads", "RESUME leads", "RESUME ", "RELOAD", "KILL 42", "SET pool.wait_timeout=10s", "READMIT leads 127.0.0.1:5432"}
+	// FIREWALL SAVE without a service: a notice per service saved.
+	res := exec1(t, c, "FIREWALL SAVE")
+	if len(res) != 1 || res[0].CommandTag.String() != "FIREWALL SAVE" {
+		t.Errorf("FIREWALL SAVE: %d results, want one with tag FIREWALL SAVE", len(res))
+	}
+	if got := ns.take(); len(got) != 2 || !strings.Contains(got[0], "service api: 3 fingerprints written to policy/allow-api.txt") ||
+		!strings.Contains(got[1], "service web: 1 fingerprint written to policy/allow-web.txt (1 learned)") ||
+		!strings.Contains(got[1], "set firewall.web.mode: enforce") {
+		t.Errorf("FIREWALL SAVE notices %q", got)
+	}
+	want := []string{"PAUSE ", "PAUSE leads", "RESUME leads", "RESUME ", "RELOAD", "KILL 42", "SET pool.wait_timeout=10s", "READMIT leads 127.0.0.1:5432",
+		"FIREWALL SAVE api", "FIREWALL SAVE "}
 	if got := e.src.recorded(); !slices.Equal(got, want) {
 		t.Errorf("Source calls\n got %q\nwant %q", got, want)
+	}
+}
+
+// SHOW POLICY and SHOW FIREWALL render what Source returns: counts as
+// numbers, a row rule's column as ”, what is not known as NULL.
+func TestConsolePolicyValues(t *testing.T) {
+	e := startConsole(t)
+	c, _ := e.connect(t, true)
+	pol := exec1(t, c, "SHOW POLICY")[0]
+	want := map[string]uint32{"database": TypeText, "column": TypeText, "checks": TypeInt8, "refusals": TypeInt8}
+	for _, f := range pol.FieldDescriptions {
+		if oid, ok := want[f.Name]; ok && f.DataTypeOID != oid {
+			t.Errorf("SHOW POLICY %s has type %d, want %d", f.Name, f.DataTypeOID, oid)
+		}
+	}
+	var got []string
+	for _, r := range pol.Rows {
+		var vals []string
+		for _, v := range r {
+			if v == nil {
+				vals = append(vals, "NULL")
+				continue
+			}
+			vals = append(vals, string(v))
+		}
+		got = append(got, strings.Join(vals, "|"))
+	}
+	wantRows := []string{
+		"app|agents||agents_capacity|row||12|1",
+		"app|leads|email|leads_email_type|type||40|3",
+		"app|leads|source|leads_source_pattern|pattern|api|40|0",
+	}
+	if !slices.Equal(got, wantRows) {
+		t.Errorf("SHOW POLICY\n got %q\nwant %q", got, wantRows)
+	}
+
+	fw := exec1(t, c, "SHOW FIREWALL")[0]
+	if r := fw.Rows[0]; string(r[3]) != "learned" || string(r[4]) != "SELECT * FROM leads WHERE id = $1" || string(r[5]) != "deny: DROP" {
+		t.Errorf("SHOW FIREWALL learned row %q", r)
+	}
+	if r := fw.Rows[1]; string(r[3]) != "allowed" || r[4] != nil {
+		t.Errorf("SHOW FIREWALL allowed row %q, want the query NULL", r)
+	}
+	if r := fw.Rows[2]; string(r[0]) != "jobs" || string(r[1]) != "off" || r[2] != nil || r[3] != nil || string(r[5]) != "deny_functions: dblink" {
+		t.Errorf("SHOW FIREWALL row of a service without fingerprints %q", r)
 	}
 }
 
@@ -558,6 +648,7 @@ func TestConsoleSourceErrors(t *testing.T) {
 	e.src.ctlErr["RELOAD"] = errors.New("config.yaml: services.api.max_connections must be at least 1")
 	e.src.ctlErr["SET"] = fmt.Errorf("setting: %w", &pgconn.PgError{Code: "42704", Message: `unrecognized setting "nope"`})
 	e.src.dbErr["reports"] = &pgconn.PgError{Code: "42P01", Message: `relation "pg_stat_x" does not exist`}
+	e.src.ctlErr["FIREWALL"] = &Error{Code: CodeObjectNotInPrerequisiteState, Message: "FIREWALL SAVE: the firewall of service api is in mode enforce, not learn"}
 	e.src.mu.Unlock()
 
 	for _, tc := range []struct{ sql, code, message string }{
@@ -565,6 +656,7 @@ func TestConsoleSourceErrors(t *testing.T) {
 		{"RELOAD", "55000", "RELOAD failed: config.yaml: services.api.max_connections must be at least 1"},
 		{"SET nope = 1", "42704", `unrecognized setting "nope"`},
 		{"SHOW HEALTH", "42P01", `database "reports": relation "pg_stat_x" does not exist`},
+		{"FIREWALL SAVE api", "55000", "the firewall of service api is in mode enforce, not learn"},
 	} {
 		_, err := c.PgConn().Exec(ctxT(t), tc.sql).ReadAll()
 		if pe := pgErr(t, err); pe.Code != tc.code || !strings.Contains(pe.Message, tc.message) {

@@ -31,6 +31,17 @@ type Source interface {
 	Databases() []string
 	DatabaseQuery(ctx context.Context, database, sql string) (Result, error)
 
+	// Policy lists the rules of the policy in force, with the rows each
+	// table's rules judged and the refusals of each rule since the policy
+	// was loaded (SHOW POLICY); Firewall lists the firewall of each
+	// service with the fingerprints it allows or learned (SHOW FIREWALL).
+	// Both are empty without a policy.
+	Policy() []PolicyRow
+	Firewall() []FirewallRow
+	// FirewallSave writes the fingerprints service learned (""
+	// every service in mode learn) to its allow_file (FIREWALL SAVE).
+	FirewallSave(service string) ([]SavedAllowList, error)
+
 	// Control. database "" means every database; Reset of "" drops
 	// every SET.
 	Pause(ctx context.Context, database string) error
@@ -140,4 +151,33 @@ type PinnedRow struct {
 	User, Service, Database, Backend string
 	ServerPID                        uint32
 	Reasons                          string // LISTEN, temporary object …
+}
+
+// PolicyRow is one rule of the policy in force.
+type PolicyRow struct {
+	Database, Table string
+	Column          string // "" for a row rule
+	Rule            string // the constraint name its violations carry
+	Kind            string // type, required, length, range, pattern, enum, cel, row, transition
+	Services        string // the rule's scope; "" for every service
+	Checks          int64  // rows of the table the rules judged since the policy was loaded
+	Refusals        int64  // times the rule refused since then
+}
+
+// FirewallRow is one fingerprint of a service's firewall, or the service
+// alone (Fingerprint "") when it has none.
+type FirewallRow struct {
+	Service, Mode string // mode: off, learn, enforce
+	Fingerprint   string
+	Source        string // learned, allowed; "" without a fingerprint
+	Query         string // the normalized text (literals replaced by $n), "" when not known
+	Rules         string // the service's deny rules, summarized; "" without any
+}
+
+// SavedAllowList is what FIREWALL SAVE wrote for one service.
+type SavedAllowList struct {
+	Service string
+	Path    string
+	Learned int // fingerprints learned since the policy was loaded
+	Total   int // fingerprints the file lists now (with those it had)
 }

@@ -101,6 +101,7 @@ func TestRequiredMetrics(t *testing.T) {
 	m.Deadlocks.WithLabelValues("api", "app").Inc()
 	m.PoolWait.Local("api", "app").Observe(seconds(0.001))
 	m.Transactions.Local("api", "app", "commit").Inc()
+	m.Rejected("api", "app", "type")
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

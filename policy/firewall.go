@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // FirewallRules are the firewall rules of one service: the policy file's
@@ -43,6 +44,14 @@ type FirewallRules struct {
 	// Allow are the fingerprints (pg_query fingerprints, 16 hex digits)
 	// allowed in enforce mode.
 	Allow []string `yaml:"allow"`
+	// AllowFile is a file of more fingerprints to allow, one a line (a
+	// `#` line above each holds its normalized text), which the admin
+	// console's FIREWALL SAVE writes from what learn mode recorded. This
+	// package reads no file: cmd/pgshield reads it (relative to the policy
+	// file's directory), appends its fingerprints to Allow and sets
+	// AllowFile to the path it read before Compile; the firewall keeps
+	// the path for FIREWALL SAVE.
+	AllowFile string `yaml:"allow_file"`
 }
 
 // Firewall modes.
@@ -55,6 +64,10 @@ const (
 // MaxLearnedFingerprints is how many fingerprints a service records in
 // learn mode; later new ones are allowed but not recorded.
 const MaxLearnedFingerprints = 10000
+
+// MaxLearnedQueryBytes bounds the normalized text learn mode keeps with a
+// fingerprint; a longer one is cut (at a character) and ends in "…".
+const MaxLearnedQueryBytes = 2048
 
 // Firewall is the compiled firewall of every service. It is safe for
 // concurrent use.
@@ -77,9 +90,12 @@ type serviceFirewall struct {
 	maxBytes        int
 	mode            string
 	allow           map[string]bool
+	allowFile       string
 
-	mu      sync.RWMutex
-	learned map[string]bool
+	mu sync.RWMutex
+	// learned are the fingerprints learn mode recorded, each with its
+	// normalized text ("" when the caller did not give it).
+	learned map[string]string
 }
 
 // CompileFirewall validates and compiles the rules of each service. An
@@ -118,6 +134,7 @@ func compileService(name string, r FirewallRules) (*serviceFirewall, error) {
 		denyUpdate:   r.DenyUpdateWithoutWhere,
 		denyMultiple: r.DenyMultipleStatements,
 		maxBytes:     r.MaxStatementBytes,
+		allowFile:    r.AllowFile,
 	}
 	var errs []error
 	known := Kinds()
@@ -177,7 +194,7 @@ func compileService(name string, r FirewallRules) (*serviceFirewall, error) {
 		errs = append(errs, fmt.Errorf("%s.allow: mode enforce with no fingerprint would refuse every statement", path))
 	}
 	if s.mode == FirewallLearn {
-		s.learned = make(map[string]bool)
+		s.learned = make(map[string]string)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -253,6 +270,15 @@ func fingerprintText(s string) bool {
 // by every rule but max_statement_bytes. Check does not allocate when it
 // allows a text it has seen.
 func (f *Firewall) Check(service string, stmts []Statement, fingerprint string, textLen int) *Violation {
+	return f.CheckNormalized(service, stmts, fingerprint, "", textLen)
+}
+
+// CheckNormalized is Check with the text's normalized form (every
+// literal replaced by $n, as pg_query normalizes it: router's
+// Class.Normalized), which learn mode records with a new fingerprint for
+// the admin console (SHOW FIREWALL, FIREWALL SAVE). Never pass the text
+// itself: its literals may be personal data.
+func (f *Firewall) CheckNormalized(service string, stmts []Statement, fingerprint, normalized string, textLen int) *Violation {
 	if f == nil {
 		return nil
 	}
@@ -278,7 +304,7 @@ func (f *Firewall) Check(service string, stmts []Statement, fingerprint string, 
 	}
 	switch s.mode {
 	case FirewallLearn:
-		s.learn(fingerprint)
+		s.learn(fingerprint, normalized)
 	case FirewallEnforce:
 		if !s.allow[fingerprint] {
 			v := s.refuse("allow", "a statement whose fingerprint is not in its allow list",
@@ -337,21 +363,38 @@ func article(kind string) string {
 	return "a"
 }
 
-func (s *serviceFirewall) learn(fp string) {
+func (s *serviceFirewall) learn(fp, normalized string) {
 	if fp == "" {
 		return
 	}
 	s.mu.RLock()
-	seen, full := s.learned[fp], len(s.learned) >= MaxLearnedFingerprints
+	_, seen := s.learned[fp]
+	full := len(s.learned) >= MaxLearnedFingerprints
 	s.mu.RUnlock()
 	if seen || full {
 		return
 	}
+	normalized = keptQuery(normalized)
 	s.mu.Lock()
-	if len(s.learned) < MaxLearnedFingerprints {
-		s.learned[fp] = true
+	if _, seen := s.learned[fp]; !seen && len(s.learned) < MaxLearnedFingerprints {
+		s.learned[fp] = normalized
 	}
 	s.mu.Unlock()
+}
+
+// keptQuery is the normalized text learn mode keeps: a copy (the
+// caller's string may alias a buffer, and a long text is not kept alive
+// by a part of it), of at most MaxLearnedQueryBytes.
+func keptQuery(q string) string {
+	if len(q) <= MaxLearnedQueryBytes {
+		return strings.Clone(q)
+	}
+	const ellipsis = "…"
+	end := MaxLearnedQueryBytes - len(ellipsis)
+	for end > 0 && !utf8.RuneStart(q[end]) {
+		end--
+	}
+	return q[:end] + ellipsis
 }
 
 // Learned returns, sorted, the fingerprints service has allowed in learn

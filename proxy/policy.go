@@ -224,11 +224,11 @@ func (ps *policyState) statement(ev StatementEvent) Verdict {
 	}
 	pl := ps.plan(ev.Session, ev.Text, fp)
 	if fw := ps.p.Firewall(); fw.Governs(ev.Session.Service) {
-		fp := ""
+		fp, normalized := "", ""
 		if ev.Class != nil {
-			fp = ev.Class.Fingerprint
+			fp, normalized = ev.Class.Fingerprint, ev.Class.Normalized
 		}
-		if v := fw.Check(ev.Session.Service, pl.stmts, fp, len(ev.Text)); v != nil {
+		if v := fw.CheckNormalized(ev.Session.Service, pl.stmts, fp, normalized, len(ev.Text)); v != nil {
 			return ps.refuse(ev.Session, v)
 		}
 	}
@@ -289,6 +289,7 @@ func (ps *policyState) judgeWith(si SessionInfo, pw *planWrite, params policy.Pa
 	if !pw.t.Governs(si.Service) {
 		return nil
 	}
+	ps.judged(si, pw.t, writeRows(w))
 	if w.FromQuery {
 		sc.vals = sc.vals[:0]
 		for range w.Columns {
@@ -418,6 +419,7 @@ func (c *copyRun) row(rowNum, line int, vals []policy.Value) *policy.Violation {
 	if len(idx) > len(vals) {
 		idx = idx[:len(vals)]
 	}
+	c.ps.judged(c.si, c.pw.t, 1)
 	v := c.pw.t.CheckValues(c.si.Service, policy.WriteInsert, idx, vals[:len(idx)])
 	if v == nil {
 		return nil
@@ -450,6 +452,7 @@ func (ps *policyState) commandComplete(ev CompleteEvent) {
 func (ps *policyState) refuse(si SessionInfo, v *policy.Violation) Verdict {
 	if ps.counts != nil {
 		ps.counts.Rejected(si.Service, si.Database, v.Kind)
+		ps.countRefusal(si, v)
 	}
 	ps.srv.log.Info("policy refused a statement", zap.String("service", si.Service), zap.String("database", si.Database),
 		zap.String("code", v.Code), zap.String("kind", v.Kind), zap.String("table", v.Table), zap.String("column", v.Column),

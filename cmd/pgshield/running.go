@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgshield/pgshield/admin"
 	"github.com/pgshield/pgshield/cmd/pgshield/config"
+	"github.com/pgshield/pgshield/policy"
 )
 
 // running is the configuration in force: one *config.File, swapped whole.
@@ -174,6 +175,16 @@ func (s consoleSettings) Reload() error               { return consoleError(s.r.
 func (s consoleSettings) Set(key, value string) error { return consoleError(s.r.set(key, value)) }
 func (s consoleSettings) Reset(key string) error      { return consoleError(s.r.reset(key)) }
 func (s consoleSettings) Overridden() []string        { return s.r.overridden() }
+
+var _ admin.AllowLists = consoleSettings{}
+
+// SaveAllowList is the console's FIREWALL SAVE: one at a time, and not
+// while a reload reads the allow lists.
+func (s consoleSettings) SaveAllowList(path, service string, fps []policy.FingerprintInfo) (int, error) {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	return config.SaveAllowFile(path, service, fps)
+}
 
 // consoleError maps running's errors to the console's SQLSTATEs: 55000
 // for what needs a restart or could not be applied now, 22023 for an

@@ -92,8 +92,11 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 	defer topo.Close()
 	m := metrics.New(proxy.MetricsSource(srv, pools, topo))
 	srv.SetMetrics(m)
+	// One count of what the policy judged serves every policy loaded in
+	// turn (SHOW POLICY shows the counts of the one in force).
+	counts := proxy.NewPolicyCounts(m)
 	if cfg.Policy != nil {
-		srv.SetPolicy(cfg.Policy, m)
+		srv.SetPolicy(cfg.Policy, counts)
 	}
 	alerter := metrics.NewAlerter(m, metrics.AlertConfig{}, nil)
 	go alerter.Run(ctx, 15*time.Second)
@@ -101,7 +104,7 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 	// SIGHUP, the console's RELOAD, SET and RESET change the configuration
 	// one at a time, each as a whole.
 	run := newRunning(cfg, load, func(old, next *config.File) error {
-		return applyConfig(old, next, pools, srv, topo, level)
+		return applyConfig(old, next, pools, srv, topo, level, counts)
 	}, log)
 	live := admin.NewLive(srv, pools, topo, alerter, consoleSettings{run}, versionString(), func() [][2]string {
 		cur := run.current()
@@ -172,8 +175,9 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 // before it put back to old: all or nothing. The keys fixed at start are
 // the same in both (running checks them). Databases added or removed
 // reach the pools but not the topology, which keeps the hosts it started
-// with.
-func applyConfig(old, next *config.File, pools *poolmgr.Manager, srv *proxy.Server, topo *router.Topology, level zap.AtomicLevel) error {
+// with. counts counts what the policy judges.
+func applyConfig(old, next *config.File, pools *poolmgr.Manager, srv *proxy.Server, topo *router.Topology, level zap.AtomicLevel,
+	counts *proxy.PolicyCounts) error {
 	lvl, err := zapcore.ParseLevel(next.Log.Level)
 	if err != nil {
 		return fmt.Errorf("log.level: %w", err)
@@ -192,7 +196,7 @@ func applyConfig(old, next *config.File, pools *poolmgr.Manager, srv *proxy.Serv
 	}
 	level.SetLevel(lvl)
 	if next.Policy != old.Policy {
-		srv.SetPolicy(next.Policy, srv.Metrics())
+		srv.SetPolicy(next.Policy, counts)
 	}
 	return nil
 }

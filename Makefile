@@ -59,8 +59,10 @@ fuzz:
 	$(GO) test ./policy -run '^$$' -fuzz FuzzCopyReader -fuzztime $(FUZZTIME)
 	$(GO) test ./policy -run '^$$' -fuzz FuzzDecodeBinary -fuzztime $(FUZZTIME)
 
-## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer
-## (installs Debian's pgbouncer when missing); results in bench/RESULTS.md.
+## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer,
+## and pgshield with the example policy against pgshield without (installs
+## Debian's pgbouncer when missing); results in bench/RESULTS.md.
+## BENCH_FLAGS="-only poolers|failover|stats|policy" runs one scenario.
 ## BASELINE=<git ref> also builds that ref into bin/pgshield-baseline (from
 ## a git archive in a temporary directory) and runs it as a third target,
 ## "pgshield (baseline)", in the pooler comparison.

@@ -28,7 +28,8 @@ func main() {
 	idle := flag.Int("idle-clients", 5000, "idle clients for the memory measure")
 	many := flag.Int("many-clients", 10000, "concurrent clients for the scale test")
 	baseline := flag.String("baseline", "", "another pgshield binary, run as a third target in the pooler comparison (pgshield (baseline))")
-	only := flag.String("only", "", "run one scenario and print it: poolers, failover or stats")
+	only := flag.String("only", "", "run one scenario and print it: poolers, failover, stats or policy")
+	profiles := flag.String("profile", "", "a `directory` where the policy scenario's pgshield processes write CPU profiles (policy-on.prof, policy-off.prof)")
 	flag.Parse()
 	var err error
 	switch *only {
@@ -38,10 +39,12 @@ func main() {
 		err = onlyFailover(*pgshieldBin)
 	case "stats":
 		err = onlyStats(*rounds, *pgshieldBin)
+	case "policy":
+		err = onlyPolicy(*duration, *rounds, *pgshieldBin, *profiles)
 	case "":
 		err = run(*duration, *rounds, *out, *pgshieldBin, *baseline, *idle, *many)
 	default:
-		err = fmt.Errorf("-only %q: want poolers, failover or stats", *only)
+		err = fmt.Errorf("-only %q: want poolers, failover, stats or policy", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -104,6 +107,9 @@ type env struct {
 	baseline  *proc // the -baseline binary, configured as shield; or nil
 	bouncer   *proc
 	log       *strings.Builder
+	// profiles, when set, is a directory where the pgshield processes of
+	// the policy scenario write CPU profiles (-profile).
+	profiles string
 }
 
 func say(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
@@ -294,6 +300,7 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin, baselineBin s
 		}
 	}
 	res.stats = statsCost(e, pgshieldBin, rounds)
+	res.policy = policyCost(e, pgshieldBin, duration, rounds)
 
 	say("%d concurrent clients", manyN)
 	res.manyShield = manyClients(e.shield.port, manyN)
@@ -369,8 +376,19 @@ var (
 // pgbenchS runs pgbench -S; extra are more pgbench options.
 func (e *env) pgbenchS(port int, mode string, clients int, d time.Duration, extra ...string) measure {
 	args := append([]string{"-n", "-S", "-M", mode, "-c", strconv.Itoa(clients), "-j", "2", "-T", strconv.Itoa(int(d.Seconds()))}, extra...)
-	cmd := e.pgbenchCmd(port, args...)
-	out, err := cmd.CombinedOutput()
+	return e.runPgbench(port, args...)
+}
+
+// runPgbench runs pgbench with args (connection options and the database
+// added) and reads its figures.
+func (e *env) runPgbench(port int, args ...string) measure {
+	out, err := e.pgbenchCmd(port, args...).CombinedOutput()
+	return parsePgbench(out, err)
+}
+
+// parsePgbench reads TPS, latency, failed and completed transactions from
+// pgbench's output; err is how pgbench ended.
+func parsePgbench(out []byte, err error) measure {
 	m := measure{}
 	if s := reTPS.FindSubmatch(out); s != nil {
 		m.tps, _ = strconv.ParseFloat(string(s[1]), 64)

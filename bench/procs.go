@@ -165,6 +165,12 @@ func waitListening(port int, cmd *exec.Cmd, logFile string) error {
 // instances; everything else is the same for all of them.
 type shieldOptions struct {
 	noClassify bool // disable_classification
+	// policyFile, when set, is the policy_file key (relative to the
+	// configuration's directory, where launchPgshield writes it).
+	policyFile string
+	// cpuProfile, when set, is where the process writes its CPU profile
+	// (serve -cpuprofile), at its shutdown.
+	cpuProfile string
 }
 
 // startPgshield runs pgshield in transaction mode with 20 server
@@ -175,7 +181,11 @@ type shieldOptions struct {
 // pgshield, whose parser refuses keys it does not know: keep it to keys
 // that exist in the landed code.
 func startPgshield(dir, tag, bin string, pg *pgcluster.Cluster, opts shieldOptions) (*proc, error) {
-	return launchPgshield(dir, tag, bin, shieldBody(pg.Addr(), opts))
+	var extra []string
+	if opts.cpuProfile != "" {
+		extra = []string{"-cpuprofile", opts.cpuProfile}
+	}
+	return launchPgshield(dir, tag, bin, shieldBody(pg.Addr(), opts), extra...)
 }
 
 // shieldBody is the configuration of startPgshield but the listeners.
@@ -191,7 +201,16 @@ databases:
 services:
   api: {max_connections: 20, min_connections: 20, pool_mode: transaction}
 log: {level: warn, format: json}
-`, opts.noClassify, pgAddr)
+`, opts.noClassify, pgAddr) + policyLine(opts.policyFile)
+}
+
+// policyLine is the policy_file key, or nothing: a configuration without
+// a policy names none, so that an earlier binary (-baseline) reads it.
+func policyLine(file string) string {
+	if file == "" {
+		return ""
+	}
+	return fmt.Sprintf("policy_file: %q\n", file)
 }
 
 // withListeners puts the client, admin and metrics listeners on the
@@ -205,7 +224,7 @@ func withListeners(client, admin, metrics int, body string) string {
 // listeners on free loopback ports of its own, so that instances running
 // side by side never meet on the default ports; then starts pgshield and
 // waits until it accepts clients.
-func launchPgshield(dir, tag, bin, body string) (*proc, error) {
+func launchPgshield(dir, tag, bin, body string, extra ...string) (*proc, error) {
 	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
@@ -220,7 +239,7 @@ func launchPgshield(dir, tag, bin, body string) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "serve", "--config", path)
+	cmd := exec.Command(bin, append([]string{"serve", "--config", path}, extra...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		lf.Close()

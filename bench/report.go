@@ -18,6 +18,7 @@ type results struct {
 	manyBouncer manyResult
 	versions    map[string]string
 	stats       statsResult
+	policy      policyResult
 	failover    failoverResult
 }
 
@@ -144,6 +145,7 @@ func (r *results) markdown(idleN, manyN int) string {
 	}
 	fmt.Fprintf(&b, "\nIn simple mode every query text carries its own literal, so each one is a parse-cache miss: the worst case. In prepared mode the text repeats and classification is a cache hit.\n")
 	b.WriteString(r.stats.markdown())
+	b.WriteString(r.policy.markdown())
 	fmt.Fprintf(&b, "\n## Idle clients\n\n| pooler | clients | failed | RSS before KB | RSS after KB | bytes per idle client |\n|---|---|---|---|---|---|\n")
 	for _, x := range []struct {
 		name string

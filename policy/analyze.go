@@ -540,24 +540,11 @@ func eval(n *pg.Node, params bool) (Source, origin) {
 		if c.GetIsnull() {
 			return Source{Kind: SourceNull}, originNone
 		}
-		switch val := c.GetVal().(type) {
-		case *pg.A_Const_Ival:
-			return literal(strconv.FormatInt(int64(val.Ival.GetIval()), 10)), originInteger
-		case *pg.A_Const_Fval:
-			text, integer := numericText(val.Fval.GetFval())
-			if text == "" {
-				return unknown, originNone
-			}
-			if integer {
-				return literal(text), originInteger
-			}
-			return literal(text), originNumeric
-		case *pg.A_Const_Boolval:
-			return literal(strconv.FormatBool(val.Boolval.GetBoolval())), originBool
-		case *pg.A_Const_Sval:
-			return literal(val.Sval.GetSval()), originString
+		s, o := constant(c)
+		if s.Kind == SourceLiteral {
+			s.Pos = int(c.GetLocation()) + 1
 		}
-		return unknown, originNone // bit strings
+		return s, o
 	case *pg.Node_AExpr:
 		e := v.AExpr
 		if e.GetKind() != pg.A_Expr_Kind_AEXPR_OP || e.GetLexpr() != nil || len(e.GetName()) != 1 {
@@ -574,6 +561,7 @@ func eval(n *pg.Node, params bool) (Source, origin) {
 		if op == "-" {
 			s.Literal = negate(s.Literal)
 		}
+		s.Pos = 0 // no longer the text of one token
 		return s, o
 	case *pg.Node_TypeCast:
 		return cast(v.TypeCast, params)
@@ -583,11 +571,34 @@ func eval(n *pg.Node, params bool) (Source, origin) {
 		if !params || v.ParamRef.GetNumber() < 1 {
 			return unknown, originNone
 		}
-		return Source{Kind: SourceParam, Param: int(v.ParamRef.GetNumber())}, originNone
+		return Source{Kind: SourceParam, Param: int(v.ParamRef.GetNumber()), Pos: int(v.ParamRef.GetLocation()) + 1}, originNone
 	case *pg.Node_SetToDefault:
 		return Source{Kind: SourceDefault}, originNone
 	}
 	return unknown, originNone
+}
+
+// constant evaluates a non-NULL constant.
+func constant(c *pg.A_Const) (Source, origin) {
+	unknown := Source{Kind: SourceUnknown}
+	switch val := c.GetVal().(type) {
+	case *pg.A_Const_Ival:
+		return literal(strconv.FormatInt(int64(val.Ival.GetIval()), 10)), originInteger
+	case *pg.A_Const_Fval:
+		text, integer := numericText(val.Fval.GetFval())
+		if text == "" {
+			return unknown, originNone
+		}
+		if integer {
+			return literal(text), originInteger
+		}
+		return literal(text), originNumeric
+	case *pg.A_Const_Boolval:
+		return literal(strconv.FormatBool(val.Boolval.GetBoolval())), originBool
+	case *pg.A_Const_Sval:
+		return literal(val.Sval.GetSval()), originString
+	}
+	return unknown, originNone // bit strings
 }
 
 func literal(s string) Source { return Source{Kind: SourceLiteral, Literal: []byte(s)} }

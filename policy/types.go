@@ -55,6 +55,11 @@ type Source struct {
 	// TypeOID, when the statement casts the value ($1::int, '5'::int),
 	// is the cast's type; else 0 (the column's type applies).
 	TypeOID uint32
+	// Pos is where the literal's token (its first byte: the quote of a
+	// string, the sign of a negative number) or the parameter's $ is in
+	// the statement text, as a 1-based byte offset; 0 when the value is
+	// not the text of one token (+5, -(5)) or the source is neither.
+	Pos int
 }
 
 // Assign is one `column = value` of an UPDATE or ON CONFLICT DO UPDATE.

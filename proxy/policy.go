@@ -34,9 +34,12 @@ type policyState struct {
 	// the firewall only, by database and fingerprint: texts that differ in
 	// their literals share one analysis.
 	fpPlans map[string]*lru.Cache[string, *stmtPlan]
-	pool    sync.Pool // *judgeScratch
-	srv     *Server
-	counts  policyCounter
+	// shapes are plans that serve every Query text of their shape, by
+	// database and router.Shape key (see shape.go).
+	shapes map[string]*lru.Cache[string, *stmtPlan]
+	pool   sync.Pool // *judgeScratch
+	srv    *Server
+	counts policyCounter
 }
 
 // policyCounter counts refusals by kind (pgshield_policy_rejections_total).
@@ -51,6 +54,13 @@ type stmtPlan struct {
 	copy   *planWrite  // the COPY FROM STDIN to a governed table, if any
 	copyOf *policy.Statement
 	ddl    bool // changes the catalog: forget cached plans and columns after it
+	// A plan shared by the texts of its shape (shape.go): the class of
+	// each literal token of the text it was made from, where each judged
+	// literal is among them (by Source.Pos), and the ordinals of negated
+	// integers. Nil for a plan of one text.
+	classes []litClass
+	litAt   map[int]litRef
+	negInts []int
 }
 
 // planWrite is a write to a governed table, its columns resolved to the
@@ -70,6 +80,13 @@ type judgeScratch struct {
 	fmts   []int16
 	nulls  []bool
 	text   []byte
+	// The Query being judged with a shared plan: its text, its literal
+	// tokens and the plan's map of them (litAt nil: the plan is the
+	// text's own and its literals are its values).
+	key   []byte
+	lits  []router.Literal
+	query []byte
+	litAt map[int]litRef
 }
 
 const planCacheSize = 4096
@@ -83,7 +100,8 @@ func (s *Server) SetPolicy(p *policy.Policy, counts policyCounter) {
 		return
 	}
 	ps := &policyState{p: p, plans: make(map[string]*lru.Cache[string, *stmtPlan]),
-		fpPlans: make(map[string]*lru.Cache[string, *stmtPlan]), srv: s, counts: counts}
+		fpPlans: make(map[string]*lru.Cache[string, *stmtPlan]), shapes: make(map[string]*lru.Cache[string, *stmtPlan]),
+		srv: s, counts: counts}
 	ps.pool.New = func() any { return new(judgeScratch) }
 	s.policy.Store(ps)
 	s.catalogs.invalidate("")
@@ -144,13 +162,16 @@ func (ps *policyState) forget(database string) {
 	ps.mu.Lock()
 	delete(ps.plans, database)
 	delete(ps.fpPlans, database)
+	delete(ps.shapes, database)
 	ps.mu.Unlock()
 }
 
 // plan returns the analysis of text, from the cache or made now. A
 // statement that writes no governed table is cached by its fingerprint
-// (fp, when known), which literals do not change.
-func (ps *policyState) plan(si SessionInfo, text []byte, fp string) *stmtPlan {
+// (fp, when known), which literals do not change. With shape set (a
+// Query's router.Shape key and literal tokens), a new plan that can serve
+// every text of the shape is cached under the key instead of the text.
+func (ps *policyState) plan(si SessionInfo, text []byte, fp string, shape *judgeScratch) *stmtPlan {
 	var cache *lru.Cache[string, *stmtPlan]
 	key := fp
 	if fp != "" {
@@ -206,7 +227,33 @@ func (ps *policyState) plan(si SessionInfo, text []byte, fp string) *stmtPlan {
 			pl.writes = append(pl.writes, pw)
 		}
 	}
+	if shape != nil {
+		if sharePlan(pl, text, shape.lits); pl.litAt != nil {
+			ps.plansOf(ps.shapes, si.Database).Add(string(shape.key), pl)
+			return pl
+		}
+	}
 	cache.Add(key, pl)
+	return pl
+}
+
+// planQuery is plan for a Query that writes a governed table: a plan of
+// its shape when one fits (sc then reads the text's literals), else
+// plan's.
+func (ps *policyState) planQuery(si SessionInfo, text []byte, sc *judgeScratch) *stmtPlan {
+	key, lits, ok := router.Shape(sc.key[:0], sc.lits[:0], text)
+	sc.key, sc.lits = key, lits
+	if !ok || len(key) == 0 {
+		return ps.plan(si, text, "", nil)
+	}
+	if pl, hit := ps.plansOf(ps.shapes, si.Database).Get(unsafe.String(&key[0], len(key))); hit && pl.fits(text, lits) {
+		sc.query, sc.litAt = text, pl.litAt
+		return pl
+	}
+	pl := ps.plan(si, text, "", sc)
+	if pl.litAt != nil {
+		sc.query, sc.litAt = text, pl.litAt
+	}
 	return pl
 }
 
@@ -218,11 +265,17 @@ func (ps *policyState) statement(ev StatementEvent) Verdict {
 	if !writes && !firewall {
 		return Verdict{}
 	}
-	fp := ""
-	if !writes && ev.Class != nil {
-		fp = ev.Class.Fingerprint
+	sc := ps.pool.Get().(*judgeScratch)
+	defer ps.putScratch(sc)
+	var pl *stmtPlan
+	switch {
+	case writes && ev.Message == 'Q':
+		pl = ps.planQuery(ev.Session, ev.Text, sc)
+	case !writes && ev.Class != nil:
+		pl = ps.plan(ev.Session, ev.Text, ev.Class.Fingerprint, nil)
+	default:
+		pl = ps.plan(ev.Session, ev.Text, "", nil)
 	}
-	pl := ps.plan(ev.Session, ev.Text, fp)
 	if fw := ps.p.Firewall(); fw.Governs(ev.Session.Service) {
 		fp, normalized := "", ""
 		if ev.Class != nil {
@@ -234,7 +287,7 @@ func (ps *policyState) statement(ev StatementEvent) Verdict {
 	}
 	if ev.Message == 'Q' {
 		for i := range pl.writes {
-			if v := ps.judge(ev.Session, &pl.writes[i], nil); v != nil {
+			if v := ps.judgeWith(ev.Session, &pl.writes[i], nil, sc); v != nil {
 				return ps.refuse(ev.Session, v)
 			}
 		}
@@ -250,7 +303,7 @@ func (ps *policyState) bind(ev BindEvent) Verdict {
 		return Verdict{}
 	}
 	sc := ps.pool.Get().(*judgeScratch)
-	defer ps.pool.Put(sc)
+	defer ps.putScratch(sc)
 	sc.params, sc.fmts, sc.nulls = sc.params[:0], sc.fmts[:0], sc.nulls[:0]
 	vals := ev.Bind.Values()
 	for vals.Next() {
@@ -276,11 +329,10 @@ func (b bindParams) Param(n int) (data []byte, format int16, null bool, ok bool)
 	return b.sc.params[n-1], b.sc.fmts[n-1], b.sc.nulls[n-1], true
 }
 
-// judge judges a write of a Query (params nil).
-func (ps *policyState) judge(si SessionInfo, pw *planWrite, params policy.Params) *policy.Violation {
-	sc := ps.pool.Get().(*judgeScratch)
-	defer ps.pool.Put(sc)
-	return ps.judgeWith(si, pw, params, sc)
+// putScratch returns sc to the pool, holding no statement's bytes.
+func (ps *policyState) putScratch(sc *judgeScratch) {
+	sc.query, sc.litAt = nil, nil
+	ps.pool.Put(sc)
 }
 
 // judgeWith judges every row of a write: the VALUES rows, then the SET.
@@ -329,6 +381,13 @@ func (ps *policyState) judgeWith(si SessionInfo, pw *planWrite, params policy.Pa
 func (ps *policyState) value(src policy.Source, column uint32, params policy.Params, sc *judgeScratch) policy.Value {
 	switch src.Kind {
 	case policy.SourceLiteral:
+		if sc.litAt != nil {
+			// A shared plan: the value is this text's token.
+			ref := sc.litAt[src.Pos]
+			val, out := literalText(sc.query, sc.lits[ref.ord], ref.neg, sc.text)
+			sc.text = out
+			return policy.Value{Kind: policy.ValueText, Text: val}
+		}
 		return policy.Value{Kind: policy.ValueText, Text: src.Literal}
 	case policy.SourceNull:
 		return policy.Value{Kind: policy.ValueNull}

@@ -271,3 +271,47 @@ func TestPolicyFirewall(t *testing.T) {
 		t.Errorf("analytics: a DELETE without WHERE: %v", err)
 	}
 }
+
+// Simple-mode texts of one shape share one plan, each judged by its own
+// literals: a refused value after an accepted one of the same shape (and
+// the other way round), doubled quotes, negative numbers, and literals of
+// another class (E'…', 0050, -0) that the shared plan must not read.
+func TestPolicySharedPlans(t *testing.T) {
+	e, d := startPolicyProxy(t)
+	ctx := ctxT(t)
+	c := e.connect(t, "app", "")
+	insert := func(email, score, phone string) string {
+		return "INSERT INTO leads (email, quality_score, phone) VALUES (" + email + ", " + score + ", " + phone + ")"
+	}
+	cases := []struct {
+		sql    string
+		column string // refused on it; "" accepted
+	}{
+		{insert("'a1@example.com'", "50", "'+14155550001'"), ""},
+		{insert("'not-an-email'", "50", "'+14155550002'"), "email"},
+		{insert("'a3@example.com'", "150", "'+14155550003'"), "quality_score"},
+		{insert("'a4@example.com'", "100", "'x'"), "phone"},
+		{insert("'o''brien@example.com'", "7", "'+14155550005'"), ""},
+		{insert("'a6@example.com'", "-5", "'+14155550006'"), "quality_score"},
+		{insert("'a7@example.com'", "- 0", "'+14155550007'"), ""},
+		{insert("E'a8@example.com'", "50", "'+14155550008'"), ""},
+		{insert("'a9@example.com'", "0050", "'+14155550009'"), ""},
+		{insert("'x@'", "1", "'+14155550010'"), "email"},
+		{insert("'a11@example.com'", "101", "'+14155550011'"), "quality_score"},
+		{insert("'a12@example.com'", "-1", "'+14155550012'"), "quality_score"},
+		{insert("'b1@example.com'", "1", "'+14155550013'") + "; " + insert("'bad'", "1", "'+14155550014'"), "email"},
+	}
+	for _, tc := range cases {
+		_, err := c.Exec(ctx, tc.sql, pgx.QueryExecModeSimpleProtocol)
+		if tc.column == "" {
+			if err != nil {
+				t.Errorf("%s: %v, want it accepted", tc.sql, err)
+			}
+			continue
+		}
+		wantRefusal(t, tc.sql, err, "23514", "leads", tc.column)
+	}
+	if n := countLeads(t, d); n != 5 {
+		t.Errorf("%d leads stored, want 5", n)
+	}
+}

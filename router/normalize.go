@@ -12,26 +12,64 @@ import "bytes"
 // cost a cache miss, because a text is classified by parsing its own exact
 // bytes before its class is stored under the key.
 func normalize(dst, q []byte) ([]byte, bool) {
+	dst, _, ok := scan(dst, nil, q, false)
+	return dst, ok
+}
+
+// LiteralKind is what kind of token a literal is.
+type LiteralKind uint8
+
+const (
+	LiteralString   LiteralKind = iota + 1 // '…', quotes doubled inside
+	LiteralPrefixed                        // E'…', B'…', X'…', N'…'
+	LiteralDollar                          // $tag$…$tag$
+	LiteralNumber                          // 42, 3.14, 1e5, 0x1F …
+)
+
+// Literal is where one literal token is in a query text: q[Start:End].
+type Literal struct {
+	Start, End int
+	Kind       LiteralKind
+}
+
+// Shape appends to dst the key normalize gives the text (every literal a
+// '?'), and to lits the literal tokens it replaced, in order. Texts with
+// one key differ only in their literals' contents and kinds, so the i-th
+// literal of one is the i-th of the other. ok is false when the text
+// cannot be scanned with confidence; then neither is meaningful.
+func Shape(dst []byte, lits []Literal, q []byte) ([]byte, []Literal, bool) {
+	return scan(dst, lits, q, true)
+}
+
+func scan(dst []byte, lits []Literal, q []byte, record bool) ([]byte, []Literal, bool) {
+	lit := func(start, end int, kind LiteralKind) {
+		if record {
+			lits = append(lits, Literal{Start: start, End: end, Kind: kind})
+		}
+	}
 	i := 0
 	for i < len(q) {
 		c := q[i]
 		switch {
 		case c == '\'' || ((c == 'E' || c == 'e' || c == 'B' || c == 'b' || c == 'X' || c == 'x' || c == 'N' || c == 'n') && i+1 < len(q) && q[i+1] == '\'' && !identBefore(q, i)):
 			escapes := c == 'E' || c == 'e'
+			start, kind := i, LiteralString
 			if c != '\'' {
 				i++
+				kind = LiteralPrefixed
 			}
 			j, ok := skipString(q, i+1, escapes)
 			if !ok {
-				return dst, false
+				return dst, lits, false
 			}
 			dst = append(dst, '?')
+			lit(start, j, kind)
 			i = j
 		case c == '"':
 			j := i + 1
 			for {
 				if j >= len(q) {
-					return dst, false
+					return dst, lits, false
 				}
 				if q[j] == '"' {
 					if j+1 < len(q) && q[j+1] == '"' {
@@ -54,10 +92,11 @@ func normalize(dst, q []byte) ([]byte, bool) {
 				tag := q[i : j+1]
 				end := bytes.Index(q[j+1:], tag)
 				if end < 0 {
-					return dst, false
+					return dst, lits, false
 				}
 				end += j + 1
 				dst = append(dst, '?')
+				lit(i, end+len(tag), LiteralDollar)
 				i = end + len(tag)
 				continue
 			}
@@ -71,7 +110,7 @@ func normalize(dst, q []byte) ([]byte, bool) {
 			depth, j := 1, i+2
 			for depth > 0 {
 				if j+1 >= len(q) {
-					return dst, false
+					return dst, lits, false
 				}
 				switch {
 				case q[j] == '/' && q[j+1] == '*':
@@ -91,13 +130,14 @@ func normalize(dst, q []byte) ([]byte, bool) {
 				j++
 			}
 			dst = append(dst, '?')
+			lit(i, j, LiteralNumber)
 			i = j
 		default:
 			dst = append(dst, c)
 			i++
 		}
 	}
-	return dst, true
+	return dst, lits, true
 }
 
 func isIdent(c byte) bool {

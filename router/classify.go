@@ -106,6 +106,10 @@ type Class struct {
 	// Writes lists the tables the statements write (INSERT, UPDATE,
 	// DELETE, MERGE, COPY FROM, TRUNCATE), as written in the text.
 	Writes []string
+	// Tables lists every relation the statements name (read or written,
+	// CTE names included), as written in the text, schema-qualified when
+	// the text qualifies it: what column encryption and masking look up.
+	Tables []string
 	// Isolation is the isolation level a BEGIN / START TRANSACTION / SET
 	// TRANSACTION sets, lower case ("serializable"); "" if none.
 	Isolation string
@@ -206,6 +210,7 @@ func classify(text string) *Class {
 	for _, raw := range tree.Stmts {
 		classifyStmt(cl, raw, tree.Version)
 		cl.Writes = appendWrites(cl.Writes, raw.GetStmt())
+		cl.Tables = appendTables(cl.Tables, raw.GetStmt())
 		if iso := isolationOf(raw.GetStmt()); iso != "" {
 			cl.Isolation = iso
 		}

@@ -152,6 +152,16 @@ func TestInsight(t *testing.T) {
 			t.Errorf("%s: isolation %q, want %q", tc.q, cl.Isolation, tc.iso)
 		}
 	}
+	for _, tc := range []struct{ q, tables string }{
+		{"select l.ssn from leads l join s.agents a on a.id = l.id where l.id in (select lead_id from lead_assignments)", "leads,s.agents,lead_assignments"},
+		{"with x as (select * from leads) select * from x", "x,leads"},
+		{"insert into leads (email) values ('a')", "leads"},
+		{"select 1", ""},
+	} {
+		if got := strings.Join(c.Classify([]byte(tc.q)).Tables, ","); got != tc.tables {
+			t.Errorf("%s: tables %q, want %q", tc.q, got, tc.tables)
+		}
+	}
 	a := c.Classify([]byte("SELECT * FROM users WHERE email = 'alice@example.com'"))
 	b := c.Classify([]byte("SELECT * FROM users WHERE email = 'bob@example.com'"))
 	if a.Fingerprint == "" || a.Fingerprint != b.Fingerprint {

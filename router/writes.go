@@ -46,6 +46,24 @@ func appendWrites(dst []string, n *pg.Node) []string {
 	return dst
 }
 
+// appendTables adds to dst every relation n names, once each.
+func appendTables(dst []string, n *pg.Node) []string {
+	walk(n.ProtoReflect(), func(m protoreflect.Message) {
+		r, ok := m.Interface().(*pg.RangeVar)
+		if !ok || r.GetRelname() == "" {
+			return
+		}
+		name := r.GetRelname()
+		if r.GetSchemaname() != "" {
+			name = r.GetSchemaname() + "." + name
+		}
+		if !slices.Contains(dst, name) {
+			dst = append(dst, name)
+		}
+	})
+	return dst
+}
+
 // isolationOf returns the isolation level a transaction statement sets.
 func isolationOf(n *pg.Node) string {
 	var opts []*pg.Node

@@ -38,6 +38,8 @@ func main() {
 		err = devCmd(os.Args[2:])
 	case "policy":
 		err = policyCmd(os.Args[2:])
+	case "keys":
+		err = keysCmd(os.Args[2:])
 	case "version", "--version":
 		fmt.Println("pgshield", versionString())
 	case "help", "-h", "-help", "--help":
@@ -64,6 +66,8 @@ commands:
   serve    run the proxy from a configuration file (--config pgshield.yaml)
   dev      start a throwaway primary + replica and serve the proxy in front of them
   policy   policy sql --config FILE: the SQL that enforces the policy inside PostgreSQL
+  keys     keys init|show|rotate|retire --file FILE: the column-encryption keyring
+           (needs ENCRYPTION_KEY and ENCRYPTION_SALT)
   version  print the version
   help     print this help
 

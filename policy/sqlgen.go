@@ -33,8 +33,14 @@ const sqlMarker = "pgshield policy"
 // "pgshield policy"), then creates what the policy has now. Adding a CHECK
 // constraint checks the table's rows, so it fails on a table holding rows
 // the policy refuses.
-func SQL(p *Policy, database string) string {
-	g := &sqlGen{}
+func SQL(p *Policy, database string) string { return SQLFor(p, database, nil) }
+
+// SQLFor is SQL for a database some of whose columns are stored encrypted
+// (encrypted reports which): PostgreSQL sees only their ciphertext, so
+// the rules on them, and the row rules and transitions that read them,
+// are left to pgshield and commented as such.
+func SQLFor(p *Policy, database string, encrypted func(table, column string) bool) string {
+	g := &sqlGen{encrypted: encrypted}
 	var tables []*TableRules
 	if p != nil {
 		for _, name := range sortedKeys(p.databases[database]) {
@@ -180,8 +186,27 @@ $pgshield$;
 }
 
 type sqlGen struct {
-	helpers map[string]bool
+	helpers   map[string]bool
+	encrypted func(table, column string) bool
 }
+
+// isEncrypted reports whether table.column is stored encrypted.
+func (g *sqlGen) isEncrypted(table, column string) bool {
+	return g.encrypted != nil && g.encrypted(table, column)
+}
+
+// readsEncrypted reports whether a row rule's expression reads an
+// encrypted column of t (row.<column>).
+func (g *sqlGen) readsEncrypted(t *TableRules, src string) (string, bool) {
+	for i := range t.cols {
+		if c := t.cols[i].name; g.isEncrypted(t.name, c) && strings.Contains(src, "row."+c) {
+			return c, true
+		}
+	}
+	return "", false
+}
+
+const encryptedComment = "enforced by pgshield only (the column is stored encrypted)"
 
 func (g *sqlGen) use(helper string) {
 	if g.helpers == nil {
@@ -211,6 +236,10 @@ func (g *sqlGen) table(b *strings.Builder, t *TableRules) {
 			continue
 		case !r.scope.all():
 			b.WriteString("-- " + what + ": " + scopeComment(r.scope) + ".\n")
+			continue
+		}
+		if c, enc := g.readsEncrypted(t, r.src); enc {
+			b.WriteString("-- " + what + ": enforced by pgshield only (it reads " + sqlComment(c) + ", which is stored encrypted).\n")
 			continue
 		}
 		cond, ok := g.celSQL(t, r.expr, nil)
@@ -250,6 +279,9 @@ func (g *sqlGen) columnRule(b *strings.Builder, t *TableRules, r *columnRule) {
 		return
 	case !r.scope.all():
 		b.WriteString("-- " + sqlComment(what) + ": " + scopeComment(r.scope) + ".\n")
+		return
+	case g.isEncrypted(t.name, r.column):
+		b.WriteString("-- " + sqlComment(what) + ": " + encryptedComment + ".\n")
 		return
 	}
 	col := sqlIdent(r.column)
@@ -523,6 +555,9 @@ func (g *sqlGen) transition(b *strings.Builder, r *transitionRule) {
 		return
 	case !r.scope.all():
 		b.WriteString("-- " + what + ": " + scopeComment(r.scope) + ".\n")
+		return
+	case g.isEncrypted(r.table, r.column):
+		b.WriteString("-- " + what + ": " + encryptedComment + ".\n")
 		return
 	}
 	col := sqlIdent(r.column)

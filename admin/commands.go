@@ -32,7 +32,7 @@ const (
 	databaseQueryTimeout             = 10 * time.Second
 	defaultQueries                   = 20
 	// showHint is showItemsHint() as a constant (a test keeps them equal).
-	showHint           = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, POLICY, FIREWALL, HELP" // showItemsHint(), as a constant; a test keeps them equal
+	showHint           = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, POLICY, FIREWALL, JOBS, JOB <id>, HELP" // showItemsHint(), as a constant; a test keeps them equal
 	showTag            = "SHOW"
 	maxQueriesArgument = 100000
 )
@@ -237,6 +237,8 @@ func commandTable() []command {
 			help: "put a fenced backend back into service"},
 		{name: "FIREWALL", usage: "FIREWALL SAVE [service]", args: firewallArgs, run: (*Console).firewallSave,
 			help: "write the fingerprints a service learned (without a service: every service in mode learn) to its allow_file, the allow list of mode enforce"},
+		{name: "CANCEL", usage: "CANCEL JOB <id>", args: cancelArgs, run: (*Console).cancelJob,
+			help: "cancel a background job (id of SHOW JOBS) and wait up to 5 s for it to stop"},
 		{name: "HELP", usage: "HELP", args: noArgs, run: func(c *Console, ctx context.Context, _ []token) (*answer, error) {
 			return c.show(ctx, "HELP", nil)
 		}},
@@ -267,6 +269,10 @@ func showTable() []showItem {
 			run: table((*Console).policyRules)},
 		{name: "FIREWALL", help: "the firewall of each service: mode, fingerprints learned or allowed with their normalized text, deny rules",
 			run: table((*Console).firewallRows)},
+		{name: "JOBS", help: "background jobs, running and the last 100 finished: state, progress, percent, ETA, error",
+			run: (*Console).showJobs},
+		{name: "JOB", usage: "SHOW JOB <id>", help: "one background job, with the columns of SHOW JOBS",
+			args: exactly(1, "a job id: SHOW JOB <id>", "one job id", "the ids are in the id column of SHOW JOBS"), run: (*Console).showJob},
 		{name: "HELP", help: "this list (also HELP)", run: table(func(*Console) *Result {
 			res := &Result{Columns: Cols("command", TypeText, "description", TypeText)}
 			for _, h := range helpLines() {

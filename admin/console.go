@@ -27,6 +27,7 @@ type Console struct {
 	// commands and items are commandTable and showTable by name.
 	commands map[string]command
 	items    map[string]showItem
+	jobs     *Jobs // the job registry of SHOW JOBS, CANCEL JOB; nil: none (WithJobs)
 
 	// ctx ends handshakes and commands in progress when Shutdown begins.
 	ctx    context.Context
@@ -40,16 +41,23 @@ type Console struct {
 	wg sync.WaitGroup // one per connection goroutine
 }
 
+// ConsoleOption adds to what NewConsole builds (WithJobs).
+type ConsoleOption func(*Console)
+
 // NewConsole returns a console that runs accept (proxy.Server.AcceptAdmin)
 // on every connection and answers commands from src.
-func NewConsole(accept func(context.Context, net.Conn) (*proxy.AdminClient, error), src Source, log *zap.Logger) *Console {
+func NewConsole(accept func(context.Context, net.Conn) (*proxy.AdminClient, error), src Source, log *zap.Logger, opts ...ConsoleOption) *Console {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Console{
+	c := &Console{
 		accept: accept, src: src, log: log, ctx: ctx, cancel: cancel,
 		commands: commandIndex(), items: showIndex(),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]*proxy.AdminClient),
 	}
+	for _, opt := range opts {
+		opt(c)
+	}
+	return c
 }
 
 // Serve accepts admin connections on ln, one goroutine each, until

@@ -69,6 +69,9 @@ type Metrics struct {
 	// PolicyRejections counts statements the policy refused, by the kind
 	// of rule (type, required, pattern, row, firewall, copy …).
 	PolicyRejections *prometheus.CounterVec // service, database, kind
+	// DecryptFailures counts values of encrypted columns that did not
+	// decrypt.
+	DecryptFailures *prometheus.CounterVec // database, table, column
 }
 
 // New registers every collector; src provides the gauges (nil: none).
@@ -93,9 +96,12 @@ func New(src Source) *Metrics {
 	m.PolicyRejections = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgshield_policy_rejections_total", Help: "Statements the policy (validation rules, firewall) refused, by the kind of rule."},
 		[]string{"service", "database", "kind"})
+	m.DecryptFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgshield_decrypt_failures_total", Help: "Values of encrypted columns that did not decrypt (the statement failed with XX001)."},
+		[]string{"database", "table", "column"})
 	m.Transactions = newFamily[Counter]("database_transactions_total",
 		"Transactions ended, by outcome: commit, or rollback (explicit or by error).", "service", "database", "outcome")
-	m.Registry.MustRegister(m.QueryDuration, m.QueryErrors, m.TxDuration, m.SlowQueries, m.Deadlocks, m.PoolWait, m.Retries, m.PolicyRejections, m.Transactions,
+	m.Registry.MustRegister(m.QueryDuration, m.QueryErrors, m.TxDuration, m.SlowQueries, m.Deadlocks, m.PoolWait, m.Retries, m.PolicyRejections, m.DecryptFailures, m.Transactions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src != nil {
 		m.Registry.MustRegister(&stateCollector{src: src})
@@ -173,6 +179,12 @@ func ErrorClass(code string) string {
 		return "XX"
 	}
 	return code[:2]
+}
+
+// DecryptFailed counts a value of an encrypted column that did not
+// decrypt.
+func (m *Metrics) DecryptFailed(database, table, column string) {
+	m.DecryptFailures.WithLabelValues(database, table, column).Inc()
 }
 
 // Rejected counts a statement the policy refused.

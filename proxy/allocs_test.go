@@ -98,7 +98,7 @@ func TestForwardingDoesNotAllocate(t *testing.T) {
 	idle := &proxy.Hooks{
 		Statement:       func(proxy.StatementEvent) proxy.Verdict { events.Add(1); return proxy.Verdict{} },
 		Bind:            func(proxy.BindEvent) proxy.Verdict { events.Add(1); return proxy.Verdict{} },
-		Described:       func(proxy.DescribedEvent) bool { events.Add(1); return false },
+		Described:       func(proxy.DescribedEvent) proxy.DescribedVerdict { events.Add(1); return proxy.DescribedVerdict{} },
 		CommandComplete: func(proxy.CompleteEvent) { events.Add(1) },
 		Ready:           func(proxy.ReadyEvent) { events.Add(1) },
 	}

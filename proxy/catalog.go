@@ -42,8 +42,11 @@ type catalogs struct {
 // only one schema has.
 type tableCatalog struct {
 	byName map[string][]policy.Column
-	err    error     // why it could not be read; retried after catalogRetry
-	at     time.Time // when it was read
+	// byOID names each table's columns by attribute number, for the
+	// columns of a RowDescription.
+	byOID map[uint32]*relColumns
+	err   error     // why it could not be read; retried after catalogRetry
+	at    time.Time // when it was read
 }
 
 // catalogRetry is how soon a catalog that could not be read is tried again.
@@ -57,6 +60,11 @@ func newCatalogs(conn connector, log *zap.Logger) *catalogs {
 // catalog that cannot be read knows no table (the analysis then leaves
 // what it needed unknown) and is tried again later.
 func (c *catalogs) of(ctx context.Context, database string) policy.Catalog {
+	return c.get(ctx, database)
+}
+
+// get is of's catalog itself.
+func (c *catalogs) get(ctx context.Context, database string) *tableCatalog {
 	c.mu.Lock()
 	tc := c.dbs[database]
 	c.mu.Unlock()
@@ -82,7 +90,28 @@ func (c *catalogs) invalidate(database string) {
 	delete(c.dbs, database)
 }
 
-const sqlCatalog = `SELECT n.nspname, c.relname, a.attname, a.atttypid
+// relColumns is one table's name and its columns by attribute number.
+type relColumns struct {
+	schema, table string
+	byNum         map[int16]string
+}
+
+// column names the column of a RowDescription field: its table's OID and
+// its attribute number (ok false for a computed column or an unknown
+// table).
+func (tc *tableCatalog) column(oid uint32, attnum int16) (schema, table, column string, ok bool) {
+	if oid == 0 || attnum <= 0 {
+		return "", "", "", false
+	}
+	r := tc.byOID[oid]
+	if r == nil {
+		return "", "", "", false
+	}
+	column, ok = r.byNum[attnum]
+	return r.schema, r.table, column, ok
+}
+
+const sqlCatalog = `SELECT n.nspname, c.relname, a.attname, a.atttypid, c.oid, a.attnum
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -91,7 +120,7 @@ WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY n.nspname, c.relname, a.attnum`
 
 func (c *catalogs) read(ctx context.Context, database string) *tableCatalog {
-	tc := &tableCatalog{byName: make(map[string][]policy.Column), at: time.Now()}
+	tc := &tableCatalog{byName: make(map[string][]policy.Column), byOID: make(map[uint32]*relColumns), at: time.Now()}
 	if c.conn == nil {
 		tc.err = fmt.Errorf("no connections to read the catalog with")
 		return tc
@@ -105,14 +134,21 @@ func (c *catalogs) read(ctx context.Context, database string) *tableCatalog {
 		return tc
 	}
 	defer pc.Close(context.Background())
-	rr := pc.ExecParams(ctx, sqlCatalog, nil, nil, nil, []int16{0, 0, 0, 1})
+	rr := pc.ExecParams(ctx, sqlCatalog, nil, nil, nil, []int16{0, 0, 0, 1, 1, 1})
 	schemas := map[string][]string{} // bare name → schemas that have it
 	for rr.NextRow() {
 		v := rr.Values()
-		if len(v) != 4 || len(v[3]) != 4 {
+		if len(v) != 6 || len(v[3]) != 4 || len(v[4]) != 4 || len(v[5]) != 2 {
 			continue
 		}
 		schema, table := string(v[0]), string(v[1])
+		oid := binary.BigEndian.Uint32(v[4])
+		r := tc.byOID[oid]
+		if r == nil {
+			r = &relColumns{schema: schema, table: table, byNum: map[int16]string{}}
+			tc.byOID[oid] = r
+		}
+		r.byNum[int16(binary.BigEndian.Uint16(v[5]))] = string(v[2])
 		key := schema + "." + table
 		cols := tc.byName[key]
 		if cols == nil {

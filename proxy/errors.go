@@ -114,6 +114,15 @@ func (e *pgError) response() *pgproto3.ErrorResponse {
 	return r
 }
 
+// appendResponse appends e's ErrorResponse frame to dst.
+func (e *pgError) appendResponse(dst []byte) []byte {
+	out, err := e.response().Encode(dst)
+	if err != nil {
+		return dst
+	}
+	return out
+}
+
 // ErrorResponse builds an ErrorResponse as pgshield sends every error, on
 // the client port and on the admin console alike: severity (ERROR or
 // FATAL) in both its localized and unlocalized fields, the SQLSTATE, and

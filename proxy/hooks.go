@@ -29,12 +29,19 @@ type Hooks struct {
 	// CopyData: a CopyData message of a COPY FROM STDIN, and its CopyDone
 	// (CopyEvent.Done).
 	CopyData func(CopyEvent) Verdict
-	// Described: a RowDescription arrived. Returning true sends the rows
-	// of this result set to Row.
-	Described func(DescribedEvent) bool
-	// Row: a DataRow of a result set Described chose. A non-nil return is
-	// the body the client gets instead.
-	Row func(RowEvent) []byte
+	// Described: a RowDescription arrived. Its verdict can send the rows
+	// of this result set to Row, with a state of the hook's, and give the
+	// client another description.
+	Described func(DescribedEvent) DescribedVerdict
+	// Row: a DataRow of a result set Described chose. A non-nil body is
+	// what the client gets instead; a non-nil Refusal fails the statement
+	// there: the client gets the error in place of the row, and the rest
+	// of the result set (its rows and CommandComplete) goes nowhere.
+	Row func(RowEvent) ([]byte, *Refusal)
+	// ParamsDescribed: a ParameterDescription arrived for a statement the
+	// client described. A non-nil return is the body the client gets
+	// instead (other parameter types).
+	ParamsDescribed func(ParamsDescribedEvent) []byte
 	// CommandComplete: a statement completed, with its tag.
 	CommandComplete func(CompleteEvent)
 	// Ready: the server is ready for the next query, with the
@@ -57,6 +64,8 @@ type StatementEvent struct {
 	// Name of the prepared statement ('P'; empty for the unnamed one).
 	Name []byte
 	Text []byte
+	// ParamTypes are a Parse's parameter type count and OIDs, as sent.
+	ParamTypes []byte
 	// Class is what the parser found (nil with classification off or for
 	// text that does not parse); its parse tree is router.Tree(Text).
 	Class *router.Class
@@ -110,13 +119,40 @@ type CopyEvent struct {
 type DescribedEvent struct {
 	Session SessionInfo
 	Class   *router.Class
-	Body    []byte
+	// Kept is the Verdict.Keep of the described statement (its Query, or
+	// its Parse), when the proxy knows it.
+	Kept any
+	Body []byte
+	// Formats: the description is of rows to come (a Query's, or a
+	// portal's), so its format codes are those the rows will have; false
+	// for a Describe of a prepared statement, whose codes are all text.
+	Formats bool
+}
+
+// DescribedVerdict is a Described hook's decision.
+type DescribedVerdict struct {
+	// Rows sends the DataRows of this result set to Row.
+	Rows bool
+	// State is handed to Row with each row of this result set.
+	State any
+	// Body, when set, is the RowDescription body the client gets instead.
+	Body []byte
 }
 
 // RowEvent is one DataRow body.
 type RowEvent struct {
 	Session SessionInfo
 	Class   *router.Class
+	// State is the DescribedVerdict.State of the result set.
+	State any
+	Body  []byte
+}
+
+// ParamsDescribedEvent is a ParameterDescription body and the statement
+// it describes.
+type ParamsDescribedEvent struct {
+	Session SessionInfo
+	Kept    any // the Verdict.Keep of the statement's Parse
 	Body    []byte
 }
 
@@ -143,7 +179,8 @@ type Verdict struct {
 	Refuse *Refusal
 	// Rewrite, when set, is the body sent to the server instead of the
 	// client's (the Query text with its NUL, the Parse, the Bind, the
-	// CopyData). A retried statement is run again as rewritten.
+	// CopyData). At a CopyDone it is a CopyData body sent before it. A
+	// retried statement is run again as rewritten.
 	Rewrite []byte
 	// Keep is kept with the statement (a Query's or a Parse's) and handed
 	// back at its later events (BindEvent.Kept, CopyEvent.Kept).

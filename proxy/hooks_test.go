@@ -222,19 +222,19 @@ func TestResponseHooksAndCopyRefusal(t *testing.T) {
 	var tags []string
 	var ready int
 	e.srv.SetHooks(&proxy.Hooks{
-		Described: func(ev proxy.DescribedEvent) bool {
-			return bytes.Contains(ev.Body, []byte("secret"))
+		Described: func(ev proxy.DescribedEvent) proxy.DescribedVerdict {
+			return proxy.DescribedVerdict{Rows: bytes.Contains(ev.Body, []byte("secret"))}
 		},
-		Row: func(ev proxy.RowEvent) []byte {
+		Row: func(ev proxy.RowEvent) ([]byte, *proxy.Refusal) {
 			_, cols, ok := wire.DataRow(ev.Body)
 			if !ok || !cols.Next() || cols.Null {
-				return nil
+				return nil, nil
 			}
 			// One text column: give it back upper-cased.
 			out := []byte{0, 1}
 			v := bytes.ToUpper(cols.Value)
 			out = append(out, byte(len(v)>>24), byte(len(v)>>16), byte(len(v)>>8), byte(len(v)))
-			return append(out, v...)
+			return append(out, v...), nil
 		},
 		CommandComplete: func(ev proxy.CompleteEvent) {
 			mu.Lock()
@@ -298,12 +298,14 @@ func TestResponseHooksAndCopyRefusal(t *testing.T) {
 func TestRowHookWithoutDescribe(t *testing.T) {
 	e := startProxy(t, nil)
 	e.srv.SetHooks(&proxy.Hooks{
-		Described: func(ev proxy.DescribedEvent) bool { return bytes.Contains(ev.Body, []byte("secret")) },
-		Row: func(ev proxy.RowEvent) []byte {
+		Described: func(ev proxy.DescribedEvent) proxy.DescribedVerdict {
+			return proxy.DescribedVerdict{Rows: bytes.Contains(ev.Body, []byte("secret"))}
+		},
+		Row: func(ev proxy.RowEvent) ([]byte, *proxy.Refusal) {
 			_, cols, _ := wire.DataRow(ev.Body)
 			cols.Next()
 			v := bytes.ToUpper(cols.Value)
-			return append([]byte{0, 1, 0, 0, 0, byte(len(v))}, v...)
+			return append([]byte{0, 1, 0, 0, 0, byte(len(v))}, v...), nil
 		},
 	})
 	for _, user := range []string{"app", "sess"} {

@@ -96,7 +96,7 @@ const planCacheSize = 4096
 func (s *Server) SetPolicy(p *policy.Policy, counts policyCounter) {
 	if p == nil {
 		s.policy.Store(nil)
-		s.SetHooks(nil)
+		s.installHooks()
 		return
 	}
 	ps := &policyState{p: p, plans: make(map[string]*lru.Cache[string, *stmtPlan]),
@@ -105,12 +105,7 @@ func (s *Server) SetPolicy(p *policy.Policy, counts policyCounter) {
 	ps.pool.New = func() any { return new(judgeScratch) }
 	s.policy.Store(ps)
 	s.catalogs.invalidate("")
-	s.SetHooks(&Hooks{
-		Statement:       ps.statement,
-		Bind:            ps.bind,
-		CopyData:        ps.copyData,
-		CommandComplete: ps.commandComplete,
-	})
+	s.installHooks()
 }
 
 // Policy is the policy in force, nil when none.
@@ -298,7 +293,7 @@ func (ps *policyState) statement(ev StatementEvent) Verdict {
 // bind is the Bind hook: the prepared statement's writes, with the
 // parameters.
 func (ps *policyState) bind(ev BindEvent) Verdict {
-	pl, _ := ev.Kept.(*stmtPlan)
+	pl := keptPolicy(ev.Kept)
 	if pl == nil || len(pl.writes) == 0 {
 		return Verdict{}
 	}
@@ -431,7 +426,7 @@ type copyRun struct {
 func (ps *policyState) copyData(ev CopyEvent) Verdict {
 	run, _ := (*ev.State).(*copyRun)
 	if run == nil {
-		pl, _ := ev.Kept.(*stmtPlan)
+		pl := keptPolicy(ev.Kept)
 		if pl == nil || pl.copy == nil || !pl.copy.t.Governs(ev.Session.Service) {
 			*ev.State = false // not governed: nothing to do for this COPY
 			return Verdict{}

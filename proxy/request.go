@@ -189,8 +189,8 @@ func (s *session) hook(h *Hooks, typ byte, body []byte, class *router.Class) Ver
 		}
 	case 'P':
 		if h.Statement != nil {
-			if name, query, _, ok := wire.ParseFields(body); ok {
-				return h.Statement(StatementEvent{Session: s.hookInfo(), Message: 'P', Name: name, Text: query, Class: class})
+			if name, query, types, ok := wire.ParseFields(body); ok {
+				return h.Statement(StatementEvent{Session: s.hookInfo(), Message: 'P', Name: name, Text: query, ParamTypes: types, Class: class})
 			}
 		}
 	case 'B':
@@ -261,6 +261,9 @@ func (s *session) planLocked(typ byte, body []byte, class *router.Class, v Verdi
 			s.pinLocked(class.Pins)
 		}
 		e := expected{typ: typ, class: class}
+		if typ == 'Q' {
+			e.kept = v.Keep
+		}
 		if (typ == 'Q' || typ == 'E' || typ == 'F') && s.rec() != nil {
 			e.sent = time.Now()
 			if s.batchStart.IsZero() {
@@ -307,6 +310,11 @@ func (s *session) planLocked(typ byte, body []byte, class *router.Class, v Verdi
 			s.wbuf = wire.AppendFrame(s.wbuf, 'd', body)
 			return false, nil
 		}
+	case 'c':
+		if rewritten && len(body) > 0 {
+			// The last of the rewritten data, then the client's CopyDone.
+			s.wbuf = wire.AppendFrame(s.wbuf, 'd', body)
+		}
 	}
 	if s.queue.empty() {
 		// Nothing outstanding: the server may be released at any moment,
@@ -333,9 +341,14 @@ func (s *session) describeForRowsLocked(e *expected, body []byte) {
 	}
 	p := s.portalOf(name)
 	e.rowsOf = p.st
-	if p.st == nil || p.st.rows == rowsUnknown {
+	if p.st != nil {
+		e.kept = p.st.kept
+	}
+	if p.st == nil || p.st.rows != rowsPlain {
+		// Described anew for each Execute of rows the hooks see: the
+		// description carries the format codes its Bind asked for.
 		s.wbuf = wire.AppendFrame(s.wbuf, 'D', []byte{'P'}, name, nul)
-		s.pushLocked(expected{typ: 'D', swallow: true, describes: p.st})
+		s.pushLocked(expected{typ: 'D', swallow: true, describes: p.st, portal: true})
 	}
 }
 
@@ -391,6 +404,9 @@ const rejectedSQL = "pgshield refused this statement"
 // pushLocked records a response the server owes. While the server skips
 // to Sync after an error, messages owe nothing and will not be carried out.
 func (s *session) pushLocked(e expected) {
+	if e.describes != nil {
+		e.kept = e.describes.kept // the hooks' view of it, as of now
+	}
 	if s.queue.skipping && e.typ != 'S' {
 		s.forgetLocked(&e, s.server)
 		return

@@ -36,9 +36,13 @@ type respState struct {
 	txCommit bool // the last tag that ended a block was COMMIT
 	entryErr bool // the head Query entry got an ErrorResponse
 	// rows: the rows of the current result set go to the Row hook, with
-	// rowClass the statement's class.
+	// rowClass the statement's class and rowState the Described hook's
+	// state; failed: the Row hook failed the statement, and the rest of
+	// its result set goes nowhere.
 	rows     bool
 	rowClass *router.Class
+	rowState any
+	failed   bool
 	// Statistics of the answers since the last ReadyForQuery (insight.go).
 	queryErr       string // SQLSTATE of the head Query's error
 	stmtRows       int64  // rows of the statement being answered
@@ -78,8 +82,11 @@ func (s *session) respNeedsBody(typ byte) bool {
 		return true
 	case 'T':
 		return s.srv.hooks.Load() != nil
+	case 't':
+		h := s.srv.hooks.Load()
+		return h != nil && h.ParamsDescribed != nil
 	case 'D':
-		return s.resp.rows
+		return s.resp.rows || s.resp.failed
 	}
 	return false
 }
@@ -103,19 +110,53 @@ func (s *session) respond(srv *poolmgr.Conn, typ byte, body []byte) respAction {
 		return s.described(body)
 	case 'D':
 		rs.respSent = true
+		if rs.failed {
+			return respAction{}
+		}
 		if rs.rows {
 			if h := s.srv.hooks.Load(); h != nil && h.Row != nil {
-				if row := h.Row(RowEvent{Session: s.hookInfo(), Class: rs.rowClass, Body: body}); row != nil {
+				row, refusal := h.Row(RowEvent{Session: s.hookInfo(), Class: rs.rowClass, State: rs.rowState, Body: body})
+				if refusal != nil {
+					rs.failed = true
+					e := refusal.pgError()
+					s.countError([]byte(e.code))
+					rs.scratch = e.appendResponse(rs.scratch[:0])
+					return respAction{out: rs.scratch}
+				}
+				if row != nil {
 					rs.scratch = wire.AppendFrame(rs.scratch[:0], 'D', row)
 					return respAction{out: rs.scratch}
 				}
+			}
+		}
+	case 't':
+		if h := s.srv.hooks.Load(); h != nil && h.ParamsDescribed != nil {
+			s.mu.Lock()
+			var kept any
+			if e := s.queue.peek(); e != nil && e.typ == 'D' {
+				kept = e.kept
+			}
+			s.mu.Unlock()
+			if out := h.ParamsDescribed(ParamsDescribedEvent{Session: s.hookInfo(), Kept: kept, Body: body}); out != nil {
+				rs.scratch = wire.AppendFrame(rs.scratch[:0], 't', out)
+				return respAction{out: rs.scratch}
 			}
 		}
 	case 'H':
 		rs.respSent = true
 	case 'C':
 		rs.respSent = true
-		rs.rows = false
+		rs.rows, rs.rowState = false, nil
+		if rs.failed {
+			// The statement failed here already (a Row hook's refusal).
+			rs.failed = false
+			s.mu.Lock()
+			if e := s.queue.peek(); e != nil && (e.typ == 'E') {
+				s.queue.pop()
+			}
+			s.mu.Unlock()
+			return respAction{}
+		}
 		s.commandComplete(srv, body)
 	case 'I', 's':
 		s.popIf('E')
@@ -162,6 +203,17 @@ func (s *session) headClassLocked() *router.Class {
 	for i := s.queue.head; i < len(s.queue.items); i++ {
 		if e := &s.queue.items[i]; e.typ == 'Q' || e.typ == 'E' || e.typ == 'F' {
 			return e.class
+		}
+	}
+	return nil
+}
+
+// headKeptLocked is the Verdict.Keep of the statement the head Query or
+// Execute runs.
+func (s *session) headKeptLocked() any {
+	for i := s.queue.head; i < len(s.queue.items); i++ {
+		if e := &s.queue.items[i]; e.typ == 'Q' || e.typ == 'E' || e.typ == 'F' {
+			return e.kept
 		}
 	}
 	return nil
@@ -225,10 +277,11 @@ func (s *session) described(body []byte) respAction {
 	h := s.srv.hooks.Load()
 	s.mu.Lock()
 	var describes *clientStmt
-	swallow := false
+	var kept any
+	swallow, portal := false, false
 	cl := (*router.Class)(nil)
 	if e := s.queue.peek(); e != nil && e.typ == 'D' {
-		describes, swallow = e.describes, e.swallow
+		describes, swallow, portal, kept = e.describes, e.swallow, e.portal, e.kept
 		if describes != nil {
 			cl = describes.class
 		}
@@ -244,10 +297,17 @@ func (s *session) described(body []byte) respAction {
 	if cl == nil {
 		cl = s.headClassLocked()
 	}
+	if describes == nil {
+		kept = s.headKeptLocked()
+	}
 	s.mu.Unlock()
-	rs.rows, rs.rowClass = false, cl
+	rs.rows, rs.rowClass, rs.rowState, rs.failed = false, cl, nil, false
+	var out []byte
 	if h != nil && h.Described != nil {
-		rs.rows = h.Described(DescribedEvent{Session: s.hookInfo(), Class: cl, Body: body}) && h.Row != nil
+		ev := DescribedEvent{Session: s.hookInfo(), Class: cl, Body: body, Formats: describes == nil || swallow || portal}
+		ev.Kept = kept
+		v := h.Described(ev)
+		rs.rows, rs.rowState, out = v.Rows && h.Row != nil, v.State, v.Body
 		if describes != nil {
 			s.mu.Lock()
 			describes.rows = rowsPlain
@@ -261,6 +321,10 @@ func (s *session) described(body []byte) respAction {
 		return respAction{}
 	}
 	rs.descSent = true
+	if out != nil {
+		rs.scratch = wire.AppendFrame(rs.scratch[:0], 'T', out)
+		return respAction{out: rs.scratch}
+	}
 	return respAction{forward: true}
 }
 

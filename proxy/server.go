@@ -48,6 +48,7 @@ type Server struct {
 
 	hooks      atomic.Pointer[Hooks]       // nil: none (SetHooks)
 	policy     atomic.Pointer[policyState] // nil: none (SetPolicy)
+	enc        atomic.Pointer[encState]    // nil: no column encryption (SetEncryption)
 	catalogs   *catalogs                   // tables' columns, for the policy
 	classifier *router.Classifier          // nil when classification is off
 	topo       *router.Topology            // nil: every client goes to the configured primary

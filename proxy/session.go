@@ -45,6 +45,8 @@ type expected struct {
 	// describes: this Describe's RowDescription is of that statement (its
 	// rows' fate is kept on it); rowsOf: this Execute runs it.
 	describes, rowsOf *clientStmt
+	portal            bool // this Describe is of a portal (describes is its statement)
+	kept              any  // describes' Verdict.Keep when the Describe was sent
 	// class of the statement(s) this message runs (Query, Execute): its
 	// effects on session state apply once it has succeeded.
 	class *router.Class

@@ -181,6 +181,9 @@ func (s *session) planStatementLocked(typ byte, body []byte, srv *poolmgr.Conn, 
 			if typ == 'D' && kind == 'S' {
 				e.describes = &s.unnamed
 			}
+			if typ == 'D' && kind == 'P' {
+				e.describes, e.portal = s.portalOf(cname).st, true
+			}
 			s.pushLocked(e)
 			return s.asIs(typ, body, rewritten), nil
 		}
@@ -240,6 +243,8 @@ func (s *session) trackStatementLocked(typ byte, body []byte, class *router.Clas
 			} else {
 				e.describes = s.stmts[string(name)]
 			}
+		} else if ok && kind == 'P' {
+			e.describes, e.portal = s.portalOf(name).st, true
 		}
 	case 'C':
 		if kind, name, ok := wire.Target(body); ok && kind == 'S' && len(name) > 0 {

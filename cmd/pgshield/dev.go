@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgshield/pgshield/cmd/pgshield/config"
+	"github.com/pgshield/pgshield/crypto"
 	"github.com/pgshield/pgshield/internal/devcert"
 	"github.com/pgshield/pgshield/internal/example"
 	"github.com/pgshield/pgshield/internal/pgcluster"
@@ -97,8 +100,14 @@ func devCmd(args []string) error {
 			return err
 		}
 	}
+	// The example's encrypted columns need a keyring and its master key:
+	// made up once for this directory, unless the environment gives one.
+	envPath, err := devKeys(startCtx, abs)
+	if err != nil {
+		return err
+	}
 	cfgPath := filepath.Join(abs, "pgshield.yaml")
-	yaml := devConfig(*listen, *adminListen, *metricsListen, certs, primary, replica)
+	yaml := devConfig(*listen, *adminListen, *metricsListen, certs, primary, replica) + example.Encryption()
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		return err
 	}
@@ -107,7 +116,7 @@ func devCmd(args []string) error {
 		return err
 	}
 	say("creating the example application's tables and applying its policy (%s)", filepath.Join(*dir, "policy.yaml"))
-	if err := primary.Exec(startCtx, "app", "SET ROLE app;\n"+example.Schema()+"\n"+policy.SQL(cfg.Policy, "app")); err != nil {
+	if err := primary.Exec(startCtx, "app", "SET ROLE app;\n"+example.Schema()+"\n"+policy.SQLFor(cfg.Policy, "app", cfg.Encrypted("app"))); err != nil {
 		return fmt.Errorf("the example application: %w", err)
 	}
 	log, level, err := newLogger(config.Log{Level: "info", Format: "console"})
@@ -124,6 +133,8 @@ func devCmd(args []string) error {
 		fmt.Printf("config: %s   primary %s, replica %s\n", cfgPath, primary.Addr(), replica.Addr())
 		fmt.Printf("policy: %s; see a refusal: psql postgres://app:app@%s:%s/app -c \"INSERT INTO leads (email) VALUES ('not-an-email')\"\n",
 			policyPath, host, port)
+		fmt.Printf("encryption: leads.email (deterministic), ssn, credit_card, bank_account, date_of_birth, agents.license_number, carriers.api_key; keyring %s, its master key in %s; user analyst sees masks\n",
+			filepath.Join(*dir, "keys.json"), envPath)
 		fmt.Printf("Ctrl-C stops the proxy and both clusters.\n\n")
 	}
 	load := func() (*config.File, error) { return config.Load(cfgPath) }
@@ -250,4 +261,65 @@ log: {level: info, format: console}
 # SQL that enforces it inside PostgreSQL too.
 policy_file: policy.yaml
 `, listen, admin, metrics, certs.CertFile, certs.KeyFile, primary.Addr(), replica.Addr(), primary.CAFile)
+}
+
+// devKeys makes sure dir has the example's keyring, keys.json, and that
+// the environment has its master key: ENCRYPTION_KEY and ENCRYPTION_SALT
+// as given, or else the pair in dir/encryption.env, made up on the first
+// run. It returns what names the key's origin.
+func devKeys(ctx context.Context, dir string) (string, error) {
+	envPath := filepath.Join(dir, "encryption.env")
+	if os.Getenv(crypto.EnvKey) == "" || os.Getenv(crypto.EnvSalt) == "" {
+		vars, err := devKeyEnv(envPath)
+		if err != nil {
+			return "", err
+		}
+		for k, v := range vars {
+			if err := os.Setenv(k, v); err != nil {
+				return "", err
+			}
+		}
+	} else {
+		envPath = "the environment (ENCRYPTION_KEY, ENCRYPTION_SALT)"
+	}
+	keysPath := filepath.Join(dir, "keys.json")
+	if _, err := os.Stat(keysPath); err == nil {
+		return envPath, nil
+	}
+	ks, err := crypto.EnvKeySourceFrom(os.Getenv)
+	if err != nil {
+		return "", err
+	}
+	k, err := crypto.NewKeyring(time.Now())
+	if err != nil {
+		return "", err
+	}
+	return envPath, k.Save(ctx, keysPath, ks)
+}
+
+// devKeyEnv reads the master key pair of a dev directory, making one up
+// (random, hex) the first time.
+func devKeyEnv(path string) (map[string]string, error) {
+	vars := map[string]string{}
+	if data, err := os.ReadFile(path); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok && !strings.HasPrefix(k, "#") {
+				vars[k] = v
+			}
+		}
+		if vars[crypto.EnvKey] != "" && vars[crypto.EnvSalt] != "" {
+			return vars, nil
+		}
+	}
+	key, salt := make([]byte, 32), make([]byte, 16)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if _, err := rand.Read(salt); err != nil {
+		return nil, err
+	}
+	vars = map[string]string{crypto.EnvKey: hex.EncodeToString(key), crypto.EnvSalt: hex.EncodeToString(salt)}
+	body := "# The master key of keys.json, made up by pgshield dev: export these to run\n# pgshield serve --config pgshield.yaml or pgshield keys show on this directory.\n" +
+		crypto.EnvKey + "=" + vars[crypto.EnvKey] + "\n" + crypto.EnvSalt + "=" + vars[crypto.EnvSalt] + "\n"
+	return vars, os.WriteFile(path, []byte(body), 0o600)
 }

@@ -34,7 +34,7 @@ func policyCmd(args []string) error {
 		dbs = []string{*database}
 	}
 	for _, db := range dbs {
-		fmt.Printf("-- database %s\n%s\n", db, policy.SQL(cfg.Policy, db))
+		fmt.Printf("-- database %s\n%s\n", db, policy.SQLFor(cfg.Policy, db, cfg.Encrypted(db)))
 	}
 	return nil
 }

@@ -98,20 +98,36 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 	if cfg.Policy != nil {
 		srv.SetPolicy(cfg.Policy, counts)
 	}
+	// Encrypted columns need their keyring: without it pgshield does not
+	// start rather than hand out ciphertext or write plaintext.
+	enc, err := cfg.LoadEncryption(ctx, os.Getenv)
+	if err != nil {
+		ln.Close()
+		mln.Close()
+		aln.Close()
+		return err
+	}
+	srv.SetEncryption(enc, m)
 	alerter := metrics.NewAlerter(m, metrics.AlertConfig{}, nil)
 	go alerter.Run(ctx, 15*time.Second)
 
 	// SIGHUP, the console's RELOAD, SET and RESET change the configuration
 	// one at a time, each as a whole.
 	run := newRunning(cfg, load, func(old, next *config.File) error {
-		return applyConfig(old, next, pools, srv, topo, level, counts)
+		return applyConfig(ctx, old, next, pools, srv, topo, level, counts, m)
 	}, log)
 	live := admin.NewLive(srv, pools, topo, alerter, consoleSettings{run}, versionString(), func() [][2]string {
 		cur := run.current()
 		return [][2]string{{"admin_listen", aln.Addr().String()}, {"metrics_listen", mln.Addr().String()},
 			{"log.level", cur.Log.Level}, {"log.format", cur.Log.Format}}
 	})
-	console := admin.NewConsole(srv.AcceptAdmin, live, log.Named("admin"))
+	jobs := admin.NewJobs(log.Named("jobs"), nil)
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = jobs.Close(sctx)
+	}()
+	console := admin.NewConsole(srv.AcceptAdmin, live, log.Named("admin"), admin.WithJobs(jobs))
 	go func() {
 		if err := console.Serve(aln); err != nil {
 			log.Error("admin listener", zap.Error(err))
@@ -176,11 +192,17 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 // the same in both (running checks them). Databases added or removed
 // reach the pools but not the topology, which keeps the hosts it started
 // with. counts counts what the policy judges.
-func applyConfig(old, next *config.File, pools *poolmgr.Manager, srv *proxy.Server, topo *router.Topology, level zap.AtomicLevel,
-	counts *proxy.PolicyCounts) error {
+func applyConfig(ctx context.Context, old, next *config.File, pools *poolmgr.Manager, srv *proxy.Server, topo *router.Topology, level zap.AtomicLevel,
+	counts *proxy.PolicyCounts, m *metrics.Metrics) error {
 	lvl, err := zapcore.ParseLevel(next.Log.Level)
 	if err != nil {
 		return fmt.Errorf("log.level: %w", err)
+	}
+	// The keyring is read again (another pgshield may have rotated it);
+	// one that does not load refuses the whole reload.
+	enc, err := next.LoadEncryption(ctx, os.Getenv)
+	if err != nil {
+		return err
 	}
 	if err := pools.Update(next.Pools); err != nil {
 		return err
@@ -198,6 +220,7 @@ func applyConfig(old, next *config.File, pools *poolmgr.Manager, srv *proxy.Serv
 	if next.Policy != old.Policy {
 		srv.SetPolicy(next.Policy, counts)
 	}
+	srv.SetEncryption(enc, m)
 	return nil
 }
 

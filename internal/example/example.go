@@ -18,3 +18,10 @@ var policyFile string
 // Policy is the example policy file: validation rules of the example
 // tables (docs/policy.md explains each key).
 func Policy() string { return policyFile }
+
+//go:embed encryption.yaml
+var encryptionConfig string
+
+// Encryption is the example application's encryption and masking: the
+// encryption and masking sections of a configuration file, in YAML.
+func Encryption() string { return encryptionConfig }

@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -39,6 +40,15 @@ type File struct {
 	PolicyFile string `yaml:"policy_file"`
 	// Policy is PolicyFile compiled, by Load; nil without one.
 	Policy *policy.Policy `yaml:"-"`
+	// Path is the file Load read (relative files are relative to its
+	// directory); "" for a configuration parsed from bytes.
+	Path string `yaml:"-"`
+	// Encryption is the column encryption (docs/encryption.md).
+	Encryption Encryption `yaml:"encryption"`
+	// Masking is what a service sees instead of a column's value:
+	// service → database → table → column → mask (email, phone, ssn,
+	// card, null, keep_last:N).
+	Masking map[string]map[string]map[string]map[string]string `yaml:"masking"`
 }
 
 // Log configures logging.
@@ -61,6 +71,7 @@ func Load(path string) (*File, error) {
 	}
 	f, err := Parse(data)
 	if err == nil {
+		f.Path = path
 		err = f.loadPolicyOf(path)
 	}
 	if err != nil {
@@ -133,6 +144,7 @@ func (f *File) applyDefaults() {
 	if f.Log.Format == "" {
 		f.Log.Format = "json"
 	}
+	f.Encryption = f.Encryption.withDefaults()
 }
 
 // explicitZeros makes presence in the file, not the zero value, mean "set"
@@ -208,6 +220,19 @@ func (f *File) Validate() error {
 	}
 	sort.Strings(services)
 	if err := proxy.ValidateConfig(f.Proxy, services); err != nil {
+		errs = append(errs, err)
+	}
+	if err := f.Encryption.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	known := append([]string(nil), services...)
+	for _, u := range f.Proxy.Users {
+		if u.Service != "" && !slices.Contains(known, u.Service) {
+			known = append(known, u.Service)
+		}
+	}
+	sort.Strings(known)
+	if err := validateMasking(f.Masking, known); err != nil {
 		errs = append(errs, err)
 	}
 	switch f.Log.Level {

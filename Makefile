@@ -60,6 +60,7 @@ fuzz:
 	$(GO) test ./policy -run '^$$' -fuzz FuzzDecodeBinary -fuzztime $(FUZZTIME)
 	$(GO) test ./policy -run '^$$' -fuzz FuzzProtect -fuzztime $(FUZZTIME)
 	$(GO) test ./crypto -run '^$$' -fuzz FuzzDecrypt -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzRowRewrite -fuzztime $(FUZZTIME)
 
 ## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer,
 ## and pgshield with the example policy against pgshield without (installs

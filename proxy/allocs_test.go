@@ -8,10 +8,14 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgshield/pgshield/cmd/pgshield/config"
+	"github.com/pgshield/pgshield/crypto"
+	"github.com/pgshield/pgshield/internal/example"
 	"github.com/pgshield/pgshield/proxy"
 )
 
@@ -102,17 +106,41 @@ func TestForwardingDoesNotAllocate(t *testing.T) {
 		CommandComplete: func(proxy.CompleteEvent) { events.Add(1) },
 		Ready:           func(proxy.ReadyEvent) { events.Add(1) },
 	}
+	// The example application's policy and encryption, which these
+	// statements do not concern (they name no table).
+	ef, err := config.ParseEncryption([]byte(example.Encryption()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := crypto.NewKeyring(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := ef.ProxyEncryption(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shield := func() {
+		e.srv.SetPolicy(examplePolicy(t), e.m)
+		e.srv.SetEncryption(enc, nil)
+	}
 	for _, tc := range []struct {
 		name  string
 		msgs  []pgproto3.FrontendMessage
 		hooks *proxy.Hooks
+		setup func()
 	}{
-		{"simple", []pgproto3.FrontendMessage{query}, nil},
-		{"prepared", []pgproto3.FrontendMessage{bind, exec, sync}, nil},
-		{"simple with hooks", []pgproto3.FrontendMessage{query}, idle},
-		{"prepared with hooks", []pgproto3.FrontendMessage{bind, exec, sync}, idle},
+		{"simple", []pgproto3.FrontendMessage{query}, nil, nil},
+		{"prepared", []pgproto3.FrontendMessage{bind, exec, sync}, nil, nil},
+		{"simple with hooks", []pgproto3.FrontendMessage{query}, idle, nil},
+		{"prepared with hooks", []pgproto3.FrontendMessage{bind, exec, sync}, idle, nil},
+		{"simple with policy and encryption", []pgproto3.FrontendMessage{query}, nil, shield},
+		{"prepared with policy and encryption", []pgproto3.FrontendMessage{bind, exec, sync}, nil, shield},
 	} {
 		e.srv.SetHooks(tc.hooks)
+		if tc.setup != nil {
+			tc.setup()
+		}
 		round := func(n int) {
 			for i := 0; i < n; i++ {
 				c.send(t, tc.msgs...)

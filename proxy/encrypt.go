@@ -201,7 +201,10 @@ func (s *Server) installHooks() {
 				}
 				pol, _ := pv.Keep.(*stmtPlan)
 				enc, _ := ev2.Keep.(*encPlan)
-				if pol != nil || enc != nil {
+				switch {
+				case enc == nil:
+					ev2.Keep = pv.Keep // a statement encryption has nothing to do with costs nothing more
+				case pol != nil:
 					ev2.Keep = &kept{pol: pol, enc: enc}
 				}
 				return ev2

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -22,6 +23,9 @@ import (
 type rowPlan struct {
 	acts []fieldAct // by column index, ascending
 	db   string
+	// unknown: the catalog could not be read, so the result's columns
+	// cannot be told apart; its rows are refused.
+	unknown bool
 }
 
 // fieldAct is one column to decrypt or mask.
@@ -91,6 +95,19 @@ func (es *encState) described(ev DescribedEvent) DescribedVerdict {
 		return DescribedVerdict{}
 	}
 	cat := es.srv.catalogs.get(context.Background(), ev.Session.Database)
+	if cat.err != nil {
+		// Which columns are encrypted cannot be told: fail closed.
+		return DescribedVerdict{Rows: true, State: &rowPlan{db: ev.Session.Database, unknown: true}}
+	}
+	for _, f := range fields {
+		if f.tableOID != 0 && cat.byOID[f.tableOID] == nil && time.Since(cat.at) > catalogRetry {
+			// A table the catalog does not know (created since it was
+			// read, not through pgshield): read it again, once.
+			es.srv.catalogs.invalidate(ev.Session.Database)
+			cat = es.srv.catalogs.get(context.Background(), ev.Session.Database)
+			break
+		}
+	}
 	var rp *rowPlan
 	var out []byte
 	for i, f := range fields {
@@ -127,6 +144,10 @@ func (es *encState) row(ev RowEvent) ([]byte, *Refusal) {
 	rp, _ := ev.State.(*rowPlan)
 	if rp == nil {
 		return nil, nil
+	}
+	if rp.unknown {
+		return nil, &Refusal{Code: "XX000", Message: "pgshield cannot tell which columns of this result are encrypted: the catalog of database " +
+			rp.db + " could not be read", Hint: "the statement can be run again once the primary answers"}
 	}
 	n, cols, ok := wire.DataRow(ev.Body)
 	if !ok {

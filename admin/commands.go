@@ -32,7 +32,7 @@ const (
 	databaseQueryTimeout             = 10 * time.Second
 	defaultQueries                   = 20
 	// showHint is showItemsHint() as a constant (a test keeps them equal).
-	showHint           = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, POLICY, FIREWALL, JOBS, JOB <id>, HELP" // showItemsHint(), as a constant; a test keeps them equal
+	showHint           = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, POLICY, FIREWALL, KEYS, JOBS, JOB <id>, HELP" // showItemsHint(), as a constant; a test keeps them equal
 	showTag            = "SHOW"
 	maxQueriesArgument = 100000
 )
@@ -237,6 +237,13 @@ func commandTable() []command {
 			help: "put a fenced backend back into service"},
 		{name: "FIREWALL", usage: "FIREWALL SAVE [service]", args: firewallArgs, run: (*Console).firewallSave,
 			help: "write the fingerprints a service learned (without a service: every service in mode learn) to its allow_file, the allow list of mode enforce"},
+		{name: "ROTATE", usage: "ROTATE KEY", args: keyArgs(0), run: (*Console).rotateKey,
+			help: "add a new primary key of each kind to the keyring file and put it in force; older keys still decrypt, and those beyond encryption.keep_keys that no row uses are retired"},
+		{name: "RETIRE", usage: "RETIRE KEY <id>", args: keyArgs(1), run: (*Console).retireKey,
+			help: "retire a key (key_id of SHOW KEYS) once no row uses it: it stays in the keyring file but no longer decrypts"},
+		{name: "REENCRYPT", usage: "REENCRYPT <table>", run: (*Console).reencrypt,
+			args: exactly(1, "a table: REENCRYPT <table>", "one table", "a table with encrypted columns, or database.table"),
+			help: "rewrite the values of a table's encrypted columns under the primary keys, in the background (SHOW JOBS follows it; run again, it goes on where it stopped)"},
 		{name: "CANCEL", usage: "CANCEL JOB <id>", args: cancelArgs, run: (*Console).cancelJob,
 			help: "cancel a background job (id of SHOW JOBS) and wait up to 5 s for it to stop"},
 		{name: "HELP", usage: "HELP", args: noArgs, run: func(c *Console, ctx context.Context, _ []token) (*answer, error) {
@@ -269,6 +276,8 @@ func showTable() []showItem {
 			run: table((*Console).policyRules)},
 		{name: "FIREWALL", help: "the firewall of each service: mode, fingerprints learned or allowed with their normalized text, deny rules",
 			run: table((*Console).firewallRows)},
+		{name: "KEYS", help: "the encryption keys: kind, created, primary, enabled, and the rows under each (plaintext: not encrypted) as of the last scan, at most a minute old",
+			run: (*Console).showKeys},
 		{name: "JOBS", help: "background jobs, running and the last 100 finished: state, progress, percent, ETA, error",
 			run: (*Console).showJobs},
 		{name: "JOB", usage: "SHOW JOB <id>", help: "one background job, with the columns of SHOW JOBS",

@@ -25,6 +25,7 @@ type Live struct {
 	settings Settings
 	version  string
 	extra    func() [][2]string // settings only the caller knows (listen addresses, logging)
+	keys     keyState           // the key commands' configuration and last scan (keys.go)
 }
 
 // Settings changes the configuration of a running pgshield: the console's

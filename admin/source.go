@@ -42,6 +42,24 @@ type Source interface {
 	// every service in mode learn) to its allow_file (FIREWALL SAVE).
 	FirewallSave(service string) ([]SavedAllowList, error)
 
+	// Column encryption (keys.go, reencrypt.go). Keys lists the keys of
+	// the keyring in force with the rows under each as of the last scan
+	// of the encrypted columns, scanning them first when that scan is
+	// older than maxAge (SHOW KEYS; no keys without encryption).
+	// RotateKey adds a new primary key of each kind, saves the keyring
+	// file and puts it in force, then retires the older keys no row uses
+	// (ROTATE KEY). RetireKey retires one key no row uses (RETIRE KEY).
+	// Reencrypt checks a table named as REENCRYPT takes it (table or
+	// database.table) and returns the job that re-encrypts it;
+	// Unfinished lists the re-encryptions the databases record as not
+	// finished, as jobs to resume. Without encryption the last four
+	// answer 55000.
+	Keys(ctx context.Context, maxAge time.Duration) (KeysReport, error)
+	RotateKey(ctx context.Context) (RotateReport, error)
+	RetireKey(ctx context.Context, id uint32) (RetireReport, error)
+	Reencrypt(ctx context.Context, table string) (ReencryptJob, error)
+	Unfinished(ctx context.Context) ([]ReencryptJob, error)
+
 	// Control. database "" means every database; Reset of "" drops
 	// every SET.
 	Pause(ctx context.Context, database string) error
@@ -181,3 +199,62 @@ type SavedAllowList struct {
 	Learned int // fingerprints learned since the policy was loaded
 	Total   int // fingerprints the file lists now (with those it had)
 }
+
+// KeyRow is one row of SHOW KEYS: a key of the keyring, or (ID 0, Kind
+// "plaintext") the values of encrypted columns that are not ciphertext,
+// or values under a key the keyring does not have (Kind "unknown") or
+// that are not well-formed (ID 0, Kind "invalid").
+type KeyRow struct {
+	ID               uint32    // none for plaintext and invalid
+	Kind             string    // randomized, deterministic, plaintext, unknown, invalid
+	Created          time.Time // zero for the rows that are not keys
+	Primary, Enabled bool
+	// Rows is the number of values under the key, over every encrypted
+	// column of every database, as of the scan; Counted is false before
+	// any scan.
+	Rows    int64
+	Counted bool
+}
+
+// KeysReport is SHOW KEYS: the keys, when their rows were counted, and
+// what the scan could not count.
+type KeysReport struct {
+	Keys      []KeyRow
+	ScannedAt time.Time // zero before any scan
+	Notes     []string  // shown as NOTICEs
+}
+
+// KeyUse is a key and the values under it, as of a scan.
+type KeyUse struct {
+	ID     uint32
+	Kind   string // randomized, deterministic
+	Rows   int64
+	Tables []string // database.table, the tables holding them, in name order
+}
+
+// RotateReport is what ROTATE KEY did.
+type RotateReport struct {
+	New     []KeyUse // the new primary keys (Rows 0)
+	Retired []KeyUse // older keys no row used, retired
+	Kept    []KeyUse // older keys beyond keep_keys kept because rows use them
+	Notes   []string // why nothing was retired, when the scan failed
+	// KeepKeys is how many of the newest enabled keys of each kind were
+	// kept whatever their rows.
+	KeepKeys int
+}
+
+// RetireReport is what RETIRE KEY did.
+type RetireReport struct {
+	Key     KeyUse
+	Already bool // it was retired before: nothing changed
+}
+
+// ReencryptJob is a re-encryption ready to run as a job of kind
+// "reencrypt" and target Database.Table.
+type ReencryptJob struct {
+	Database, Table string
+	Run             JobFunc
+}
+
+// Target is the job's target, database.table.
+func (j ReencryptJob) Target() string { return j.Database + "." + j.Table }

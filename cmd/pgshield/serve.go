@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgshield/pgshield/admin"
 	"github.com/pgshield/pgshield/cmd/pgshield/config"
+	"github.com/pgshield/pgshield/crypto"
 	"github.com/pgshield/pgshield/metrics"
 	"github.com/pgshield/pgshield/poolmgr"
 	"github.com/pgshield/pgshield/proxy"
@@ -121,6 +122,7 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 		return [][2]string{{"admin_listen", aln.Addr().String()}, {"metrics_listen", mln.Addr().String()},
 			{"log.level", cur.Log.Level}, {"log.format", cur.Log.Format}}
 	})
+	live.SetKeyConfig(func() admin.KeyConfig { return keyConfig(run.current()) })
 	jobs := admin.NewJobs(log.Named("jobs"), nil)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -134,6 +136,14 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 		}
 	}()
 	log.Info("admin console", zap.String("listen", aln.Addr().String()))
+	// Re-encryptions a previous run left unfinished go on (it logs what
+	// it resumes and what it cannot); serve does not return before it has.
+	resumed := make(chan struct{})
+	go func() {
+		defer close(resumed)
+		_, _ = console.ResumeJobs(ctx)
+	}()
+	defer func() { <-resumed }()
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -220,8 +230,49 @@ func applyConfig(ctx context.Context, old, next *config.File, pools *poolmgr.Man
 	if next.Policy != old.Policy {
 		srv.SetPolicy(next.Policy, counts)
 	}
+	if enc != nil && enc.Keys != nil && olderKeyring(enc.Keys, srv.Keyring()) {
+		// The file was read before a ROTATE KEY saved it: keep the
+		// keyring in force, which has every key the file had and more.
+		enc.Keys = srv.Keyring()
+	}
 	srv.SetEncryption(enc, m)
 	return nil
+}
+
+// olderKeyring reports whether every key of read is in cur, which has
+// more: read is an earlier state of the same keyring.
+func olderKeyring(read, cur *crypto.Keyring) bool {
+	if cur == nil {
+		return false
+	}
+	have := map[uint32]bool{}
+	for _, k := range cur.Keys() {
+		have[k.ID] = k.Enabled
+	}
+	rk := read.Keys()
+	if len(rk) >= len(have) {
+		return false
+	}
+	for _, k := range rk {
+		if _, ok := have[k.ID]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// keyConfig is what the console's key commands (ROTATE KEY, RETIRE KEY,
+// REENCRYPT) take from the configuration in force: the keyring file, the
+// master key from the environment, as at start, and the encryption
+// section's settings.
+func keyConfig(f *config.File) admin.KeyConfig {
+	return admin.KeyConfig{
+		KeysetFile: f.KeysetPath(),
+		KeySource:  func() (crypto.KeySource, error) { return crypto.EnvKeySourceFrom(os.Getenv) },
+		KeepKeys:   f.Encryption.KeepKeys,
+		BatchRows:  f.Encryption.Reencrypt.BatchRows,
+		Pause:      f.Encryption.Reencrypt.Pause,
+	}
 }
 
 // routingConfig is the topology's configuration: the routing section with

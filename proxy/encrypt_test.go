@@ -183,6 +183,18 @@ func TestEncryptionReadsWrites(t *testing.T) {
 	if email != "a*****t@example.com" || phone != "***-***-7890" || ssn != "***-**-6789" || card != "****-****-****-1111" {
 		t.Errorf("analytics sees %q %q %q %q", email, phone, ssn, card)
 	}
+	// What would show a masked column unmasked is refused to that service
+	// alone.
+	for _, q := range []string{"SELECT lower(phone) FROM leads", "SELECT phone || '' FROM leads", "SELECT id FROM leads WHERE phone LIKE '+1%'"} {
+		_, err := a.Exec(ctx, q)
+		wantCode(t, "analytics: "+q, err, "0A000", "phone")
+		if err != nil && !strings.Contains(err.Error(), "masked for service analytics") {
+			t.Errorf("analytics: %s: %v, want it to say the column is masked", q, err)
+		}
+		if _, err := e.connect(t, "app", "").Exec(ctx, q); err != nil {
+			t.Errorf("api: %s: %v", q, err)
+		}
+	}
 }
 
 // A value that does not decrypt fails its statement with XX001, counted,
@@ -308,6 +320,10 @@ func TestEncryptionSearchDuringRotation(t *testing.T) {
 			{"SELECT count(*) FROM leads WHERE email = $1", []any{email}},
 			{"SELECT count(*) FROM leads WHERE email = '" + email + "'", []any{pgx.QueryExecModeSimpleProtocol}},
 			{"SELECT count(*) FROM leads WHERE email IN ('" + email + "', 'x@example.com')", []any{pgx.QueryExecModeSimpleProtocol}},
+			{"SELECT count(*) FROM leads WHERE email = ($1)", []any{email}},
+			{"SELECT count(*) FROM leads WHERE ($1) = email", []any{email}},
+			{"SELECT count(*) FROM leads WHERE email = ('" + email + "')", []any{pgx.QueryExecModeSimpleProtocol}},
+			{"SELECT count(*) FROM leads WHERE ('" + email + "') = email", []any{pgx.QueryExecModeSimpleProtocol}},
 		} {
 			var n int
 			if err := c.QueryRow(ctx, q.sql, q.args...).Scan(&n); err != nil || n != 1 {

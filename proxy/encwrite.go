@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"unsafe"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -97,11 +99,17 @@ const encPlanCacheSize = 4096
 
 // plan returns the analysis of text, from the cache or made now.
 func (es *encState) plan(si SessionInfo, text []byte) *encPlan {
+	// A service that sees masks has plans of its own: its masked columns
+	// are guarded too.
+	key := si.Database
+	if len(es.masked[si.Service][si.Database]) > 0 {
+		key = si.Database + "\x00" + si.Service
+	}
 	es.mu.Lock()
-	cache := es.plans[si.Database]
+	cache := es.plans[key]
 	if cache == nil {
 		cache, _ = lru.New[string, *encPlan](encPlanCacheSize)
-		es.plans[si.Database] = cache
+		es.plans[key] = cache
 	}
 	es.mu.Unlock()
 	if len(text) > 0 {
@@ -122,7 +130,7 @@ func (es *encState) analyse(si SessionInfo, text []byte) *encPlan {
 	}
 	cat := es.srv.catalogs.get(context.Background(), si.Database)
 	tables := es.cols[si.Database]
-	prots := policy.Protect(tree, cat, protectedOf{tables: tables})
+	prots := policy.Protect(tree, cat, protectedOf{tables: es.guarded(si)})
 	pl := &encPlan{}
 	_, lits, _ := router.Shape(nil, nil, text)
 	refuse := func(c *colSpec, format string, a ...any) {
@@ -144,7 +152,7 @@ func (es *encState) analyse(si SessionInfo, text []byte) *encPlan {
 	}
 	for i, p := range prots {
 		if p.Refusal != nil && pl.refusal == nil {
-			pl.refusal = p.Refusal
+			pl.refusal = es.maskedRefusal(si, p.Refusal)
 		}
 		pl.reads = pl.reads || p.Reads
 		for _, v := range p.Values {
@@ -220,6 +228,8 @@ func (es *encState) searchSites(pl *encPlan, text []byte, lits []router.Literal,
 			refuse(c, "%s.%s is encrypted: pgshield cannot find the value compared with it", c.table, c.column)
 			return
 		}
+		// email = ($1): the parentheses go with the value replaced.
+		start, end = widenParens(text, start, end)
 		if s.ColumnFirst {
 			kind := siteEq
 			if v.Kind == policy.SourceParam {
@@ -245,6 +255,46 @@ func (es *encState) searchSites(pl *encPlan, text []byte, lits []router.Literal,
 		}
 		pl.sites = append(pl.sites, encSite{kind: siteIn, start: start, end: end, col: c, vals: s.Values, not: not})
 	}
+}
+
+// guarded are the columns a session's statements are analysed for: the
+// encrypted ones, and those its service sees masked, which it must not
+// compute on either (lower(phone) would give the value the mask hides).
+// A masked column that is not encrypted is guarded as a randomized one:
+// read as a plain column only.
+func (es *encState) guarded(si SessionInfo) map[string]map[string]*colSpec {
+	masks := es.masked[si.Service][si.Database]
+	if len(masks) == 0 {
+		return es.cols[si.Database]
+	}
+	out := map[string]map[string]*colSpec{}
+	for t, cols := range es.cols[si.Database] {
+		out[t] = maps.Clone(cols)
+	}
+	for t, cols := range masks {
+		if out[t] == nil {
+			out[t] = map[string]*colSpec{}
+		}
+		for c, spec := range cols {
+			if out[t][c] == nil {
+				out[t][c] = spec
+			}
+		}
+	}
+	return out
+}
+
+// maskedRefusal words a refusal on a column the service sees masked (and
+// is not encrypted) as what it is.
+func (es *encState) maskedRefusal(si SessionInfo, v *policy.Violation) *policy.Violation {
+	if v.Table == "" || es.cols[si.Database][v.Table][v.Column] != nil || es.masked[si.Service][si.Database][v.Table][v.Column] == nil {
+		return v
+	}
+	out := *v
+	what := v.Table + "." + v.Column
+	out.Message = strings.Replace(v.Message, what+" is encrypted", what+" is masked for service "+si.Service, 1)
+	out.Hint = what + " is masked for service " + si.Service + ": it can be read as a plain column, and shows masked; it cannot be searched, sorted, grouped or computed on"
+	return &out
 }
 
 // encHint says what can be done with an encrypted column.
@@ -283,6 +333,26 @@ func sourceSpan(text []byte, lits []router.Literal, v policy.Source) (start, end
 	}
 	return 0, 0, false
 }
+
+// widenParens extends text[start:end] over parentheses that hold only
+// it: ( $1 ), (('x')).
+func widenParens(text []byte, start, end int) (int, int) {
+	for {
+		i, j := start-1, end
+		for i >= 0 && isSpace(text[i]) {
+			i--
+		}
+		for j < len(text) && isSpace(text[j]) {
+			j++
+		}
+		if i < 0 || j >= len(text) || text[i] != '(' || text[j] != ')' {
+			return start, end
+		}
+		start, end = i, j+1
+	}
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' }
 
 // columnRefEnd is where the column reference starting at start ends: names
 // (plain or "quoted") joined by dots.

@@ -63,9 +63,10 @@ fuzz:
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzRowRewrite -fuzztime $(FUZZTIME)
 
 ## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer,
-## and pgshield with the example policy against pgshield without (installs
-## Debian's pgbouncer when missing); results in bench/RESULTS.md.
-## BENCH_FLAGS="-only poolers|failover|stats|policy" runs one scenario.
+## and pgshield with the example policy, and with the example's encrypted
+## columns, against pgshield without (installs Debian's pgbouncer when
+## missing); results in bench/RESULTS.md.
+## BENCH_FLAGS="-only poolers|failover|stats|policy|encryption" runs one scenario.
 ## BASELINE=<git ref> also builds that ref into bin/pgshield-baseline (from
 ## a git archive in a temporary directory) and runs it as a third target,
 ## "pgshield (baseline)", in the pooler comparison.

@@ -3,7 +3,7 @@
 // own PostgreSQL (internal/pgcluster), PgBouncer and pgshield on loopback.
 //
 //	go run ./bench [-duration 10s] [-rounds 3] [-out bench/RESULTS.md]
-//	go run ./bench -only poolers|failover|stats|policy   (one scenario, its section printed)
+//	go run ./bench -only poolers|failover|stats|policy|encryption   (one scenario, its section printed)
 //	go run ./bench -baseline bin/pgshield-baseline   (an earlier pgshield as a third target)
 //
 // Nothing imports this package; timing goals live here, never in tests.

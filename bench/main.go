@@ -28,8 +28,8 @@ func main() {
 	idle := flag.Int("idle-clients", 5000, "idle clients for the memory measure")
 	many := flag.Int("many-clients", 10000, "concurrent clients for the scale test")
 	baseline := flag.String("baseline", "", "another pgshield binary, run as a third target in the pooler comparison (pgshield (baseline))")
-	only := flag.String("only", "", "run one scenario and print it: poolers, failover, stats or policy")
-	profiles := flag.String("profile", "", "a `directory` where the policy scenario's pgshield processes write CPU profiles (policy-on.prof, policy-off.prof)")
+	only := flag.String("only", "", "run one scenario and print it: poolers, failover, stats, policy or encryption")
+	profiles := flag.String("profile", "", "a `directory` where the policy and encryption scenarios' pgshield processes write CPU profiles (policy-on.prof, policy-off.prof, encryption-on.prof, encryption-off.prof)")
 	flag.Parse()
 	var err error
 	switch *only {
@@ -41,10 +41,12 @@ func main() {
 		err = onlyStats(*rounds, *pgshieldBin)
 	case "policy":
 		err = onlyPolicy(*duration, *rounds, *pgshieldBin, *profiles)
+	case "encryption":
+		err = onlyEncryption(*duration, *rounds, *pgshieldBin, *profiles)
 	case "":
 		err = run(*duration, *rounds, *out, *pgshieldBin, *baseline, *idle, *many)
 	default:
-		err = fmt.Errorf("-only %q: want poolers, failover, stats or policy", *only)
+		err = fmt.Errorf("-only %q: want poolers, failover, stats, policy or encryption", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -108,7 +110,7 @@ type env struct {
 	bouncer   *proc
 	log       *strings.Builder
 	// profiles, when set, is a directory where the pgshield processes of
-	// the policy scenario write CPU profiles (-profile).
+	// the policy and encryption scenarios write CPU profiles (-profile).
 	profiles string
 }
 
@@ -301,6 +303,7 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin, baselineBin s
 	}
 	res.stats = statsCost(e, pgshieldBin, rounds)
 	res.policy = policyCost(e, pgshieldBin, duration, rounds)
+	res.encryption = encryptionCost(e, pgshieldBin, duration, rounds)
 
 	say("%d concurrent clients", manyN)
 	res.manyShield = manyClients(e.shield.port, manyN)

@@ -171,6 +171,10 @@ type shieldOptions struct {
 	// cpuProfile, when set, is where the process writes its CPU profile
 	// (serve -cpuprofile), at its shutdown.
 	cpuProfile string
+	// config is more configuration text, appended (the encryption
+	// section); env, "KEY=value" pairs added to the process's environment.
+	config string
+	env    []string
 }
 
 // startPgshield runs pgshield in transaction mode with 20 server
@@ -185,7 +189,7 @@ func startPgshield(dir, tag, bin string, pg *pgcluster.Cluster, opts shieldOptio
 	if opts.cpuProfile != "" {
 		extra = []string{"-cpuprofile", opts.cpuProfile}
 	}
-	return launchPgshield(dir, tag, bin, shieldBody(pg.Addr(), opts), extra...)
+	return launchPgshieldEnv(dir, tag, bin, shieldBody(pg.Addr(), opts), opts.env, extra...)
 }
 
 // shieldBody is the configuration of startPgshield but the listeners.
@@ -201,7 +205,7 @@ databases:
 services:
   api: {max_connections: 20, min_connections: 20, pool_mode: transaction}
 log: {level: warn, format: json}
-`, opts.noClassify, pgAddr) + policyLine(opts.policyFile)
+`, opts.noClassify, pgAddr) + policyLine(opts.policyFile) + opts.config
 }
 
 // policyLine is the policy_file key, or nothing: a configuration without
@@ -225,6 +229,12 @@ func withListeners(client, admin, metrics int, body string) string {
 // side by side never meet on the default ports; then starts pgshield and
 // waits until it accepts clients.
 func launchPgshield(dir, tag, bin, body string, extra ...string) (*proc, error) {
+	return launchPgshieldEnv(dir, tag, bin, body, nil, extra...)
+}
+
+// launchPgshieldEnv is launchPgshield with env, "KEY=value" pairs, added
+// to pgshield's environment.
+func launchPgshieldEnv(dir, tag, bin, body string, env []string, extra ...string) (*proc, error) {
 	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
@@ -241,6 +251,9 @@ func launchPgshield(dir, tag, bin, body string, extra ...string) (*proc, error) 
 	}
 	cmd := exec.Command(bin, append([]string{"serve", "--config", path}, extra...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...) // the last of a duplicate key wins
+	}
 	if err := cmd.Start(); err != nil {
 		lf.Close()
 		return nil, err

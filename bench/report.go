@@ -19,6 +19,7 @@ type results struct {
 	versions    map[string]string
 	stats       statsResult
 	policy      policyResult
+	encryption  encResult
 	failover    failoverResult
 }
 
@@ -146,6 +147,7 @@ func (r *results) markdown(idleN, manyN int) string {
 	fmt.Fprintf(&b, "\nIn simple mode every query text carries its own literal, so each one is a parse-cache miss: the worst case. In prepared mode the text repeats and classification is a cache hit.\n")
 	b.WriteString(r.stats.markdown())
 	b.WriteString(r.policy.markdown())
+	b.WriteString(r.encryption.markdown())
 	fmt.Fprintf(&b, "\n## Idle clients\n\n| pooler | clients | failed | RSS before KB | RSS after KB | bytes per idle client |\n|---|---|---|---|---|---|\n")
 	for _, x := range []struct {
 		name string

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"errors"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -330,5 +331,38 @@ func TestEncryptionSearchDuringRotation(t *testing.T) {
 				t.Errorf("%s (%s): %d, %v; want 1", q.sql, email, n, err)
 			}
 		}
+	}
+}
+
+// Through psql: a lead written with literals and with \copy reads back as
+// plaintext, is stored as ciphertext, and a search on ssn is refused.
+func TestEncryptionPsql(t *testing.T) {
+	e, d, _, _ := startEncProxy(t)
+	psql, err := exec.LookPath("psql")
+	if err != nil {
+		t.Fatal("psql is not installed")
+	}
+	run := func(stdin string, args ...string) string {
+		cmd := exec.Command(psql, append([]string{"-X", "-At", e.url("app", "")}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	if out := run("", "-c", "INSERT INTO leads (email, ssn, date_of_birth) VALUES ('psql@example.com', '123-45-6789', '1990-01-02')"); !strings.Contains(out, "INSERT 0 1") {
+		t.Fatalf("psql insert: %s", out)
+	}
+	if out := run("copy@example.com\t222-33-4444\n", "-c", `\copy leads (email, ssn) FROM STDIN`); !strings.Contains(out, "COPY 1") {
+		t.Fatalf("psql \\copy: %s", out)
+	}
+	out := run("", "-c", "SELECT email, ssn, date_of_birth FROM leads WHERE email IN ('psql@example.com', 'copy@example.com') ORDER BY id")
+	if want := "psql@example.com|123-45-6789|1990-01-02\ncopy@example.com|222-33-4444|\n"; out != want {
+		t.Errorf("psql read %q, want %q", out, want)
+	}
+	if out := run("", "-v", "VERBOSITY=verbose", "-c", "SELECT id FROM leads WHERE ssn = '123-45-6789'"); !strings.Contains(out, "0A000") {
+		t.Errorf("a search on a randomized column through psql: %s", out)
+	}
+	var stored string
+	if err := d.QueryRow(ctxT(t), "SELECT ssn FROM leads WHERE ssn IS NOT NULL LIMIT 1").Scan(&stored); err != nil || !strings.HasPrefix(stored, crypto.Prefix) {
+		t.Errorf("stored ssn %.8q… (%v), want ciphertext", stored, err)
 	}
 }

@@ -115,9 +115,9 @@ encryption:
 		}
 		return lastPK, done, finished
 	}
-	waitForLong(t, 4*time.Minute, "the re-encryption to reach a third", func() bool {
+	waitForLong(t, 4*time.Minute, "the re-encryption to reach half", func() bool {
 		_, done, _ := progress()
-		return done >= reencryptRows/3
+		return done >= reencryptRows/2
 	})
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	<-exited

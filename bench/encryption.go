@@ -226,40 +226,16 @@ func (c encCheck) ok() bool {
 type encResult struct {
 	duration time.Duration
 	rounds   int
-	runs     map[string][]measure // "workload mode target" → runs, by round
+	runs     runSet // "workload mode target" → runs, by round
 	checks   []encCheck
 	err      error // the scenario could not run, or encryption was not in force where expected
 }
 
-func (r *encResult) add(workload, mode, target string, m measure) {
-	if r.runs == nil {
-		r.runs = map[string][]measure{}
-	}
-	k := workload + " " + mode + " " + target
-	r.runs[k] = append(r.runs[k], m)
-}
-
-func (r *encResult) of(workload, mode, target string) []measure {
-	return r.runs[workload+" "+mode+" "+target]
-}
-
 func onlyEncryption(duration time.Duration, rounds int, pgshieldBin, profiles string) error {
-	e, err := newEnv(context.Background())
-	if err != nil {
-		return err
-	}
-	defer e.close()
-	if profiles != "" {
-		if e.profiles, err = filepath.Abs(profiles); err != nil {
-			return err
-		}
-		if err := os.MkdirAll(e.profiles, 0o755); err != nil {
-			return err
-		}
-	}
-	res := encryptionCost(e, pgshieldBin, duration, rounds)
-	fmt.Println(res.markdown())
-	return res.err
+	return onlyScenario(profiles, func(e *env) (string, error) {
+		res := encryptionCost(e, pgshieldBin, duration, rounds)
+		return res.markdown(), res.err
+	})
 }
 
 // encryptionCost runs the scenario in e's database: the example schema,
@@ -386,7 +362,7 @@ func encryptionCost(e *env, bin string, duration time.Duration, rounds int) (res
 						return res
 					}
 					say("round %d %-12s %-9s %-14s tps %8.0f  latency %7.3f ms  pgshield cpu %s µs/tx  failed %d %s", r+1, w.name, mode, target, m.tps, m.latency, cpuCell(m.cpuPerTx()), m.failed, m.note)
-					res.add(w.name, mode, target, m)
+					res.runs.add(w.name, mode, target, m)
 				}
 			}
 		}
@@ -534,7 +510,7 @@ type encFigures struct {
 }
 
 func (r *encResult) figures(w encWorkload, mode string) encFigures {
-	a, b := r.of(w.name, mode, tEncOn), r.of(w.name, mode, tEncOff)
+	a, b := r.runs.of(w.name, mode, tEncOn), r.runs.of(w.name, mode, tEncOff)
 	f := encFigures{on: summarize(a), off: summarize(b)}
 	f.tps, f.cpu = pairedRatios(a, b)
 	f.cpuValue, f.latValue = perValue(a, b, w.values)

@@ -235,28 +235,28 @@ func encResults() *encResult {
 	}
 	// select-only prepared: 0.998 and 0.992, met in every round; CPU 20
 	// µs/tx with and without.
-	r.add("select-only", "prepared", tEncOn, run(9980, 5, 80000, 1600))
-	r.add("select-only", "prepared", tEncOn, run(9920, 5, 80000, 1600))
-	r.add("select-only", "prepared", tEncOff, run(10000, 5, 80000, 1600))
-	r.add("select-only", "prepared", tEncOff, run(10000, 5, 80000, 1600))
+	r.runs.add("select-only", "prepared", tEncOn, run(9980, 5, 80000, 1600))
+	r.runs.add("select-only", "prepared", tEncOn, run(9920, 5, 80000, 1600))
+	r.runs.add("select-only", "prepared", tEncOff, run(10000, 5, 80000, 1600))
+	r.runs.add("select-only", "prepared", tEncOff, run(10000, 5, 80000, 1600))
 	// select-only simple: 0.98 and 0.99, missed.
-	r.add("select-only", "simple", tEncOn, run(9800, 5, 80000, 1600))
-	r.add("select-only", "simple", tEncOn, run(9900, 5, 80000, 1600))
-	r.add("select-only", "simple", tEncOff, run(10000, 5, 80000, 1600))
-	r.add("select-only", "simple", tEncOff, run(10000, 5, 80000, 1600))
+	r.runs.add("select-only", "simple", tEncOn, run(9800, 5, 80000, 1600))
+	r.runs.add("select-only", "simple", tEncOn, run(9900, 5, 80000, 1600))
+	r.runs.add("select-only", "simple", tEncOff, run(10000, 5, 80000, 1600))
+	r.runs.add("select-only", "simple", tEncOff, run(10000, 5, 80000, 1600))
 	// leads read prepared: 3000 and 3200 µs/tx against 1000, 2000 values:
 	// 1.0 and 1.1 µs per value; latency 4 and 4.4 ms against 2: 1.0 and
 	// 1.2 µs per value.
-	r.add("leads read", "prepared", tEncOn, run(500, 4, 1000, 3000))
-	r.add("leads read", "prepared", tEncOn, run(450, 4.4, 1000, 3200))
-	r.add("leads read", "prepared", tEncOff, run(1000, 2, 1000, 1000))
-	r.add("leads read", "prepared", tEncOff, run(1000, 2, 1000, 1000))
+	r.runs.add("leads read", "prepared", tEncOn, run(500, 4, 1000, 3000))
+	r.runs.add("leads read", "prepared", tEncOn, run(450, 4.4, 1000, 3200))
+	r.runs.add("leads read", "prepared", tEncOff, run(1000, 2, 1000, 1000))
+	r.runs.add("leads read", "prepared", tEncOff, run(1000, 2, 1000, 1000))
 	// leads insert prepared: 60 and 63 µs/tx against 54, 3 values: 2 and 3
 	// µs per value; latency 5.3 against 5.0 ms: 100 µs per value.
-	r.add("leads insert", "prepared", tEncOn, run(9000, 5.3, 10000, 600))
-	r.add("leads insert", "prepared", tEncOn, run(9000, 5.3, 10000, 630))
-	r.add("leads insert", "prepared", tEncOff, run(10000, 5.0, 10000, 540))
-	r.add("leads insert", "prepared", tEncOff, run(10000, 5.0, 10000, 540))
+	r.runs.add("leads insert", "prepared", tEncOn, run(9000, 5.3, 10000, 600))
+	r.runs.add("leads insert", "prepared", tEncOn, run(9000, 5.3, 10000, 630))
+	r.runs.add("leads insert", "prepared", tEncOff, run(10000, 5.0, 10000, 540))
+	r.runs.add("leads insert", "prepared", tEncOff, run(10000, 5.0, 10000, 540))
 	return r
 }
 
@@ -286,7 +286,7 @@ func TestEncryptionMarkdown(t *testing.T) {
 		t.Errorf("markdown:\n%s", md)
 	}
 	r := encResults()
-	r.add("leads insert", "simple", tEncOn, measure{note: "pgbench: client 3 aborted"})
+	r.runs.add("leads insert", "simple", tEncOn, measure{note: "pgbench: client 3 aborted"})
 	r.err = fmt.Errorf("pgbench went away")
 	md = r.markdown()
 	for _, want := range []string{"leads insert, simple mode, with encryption: pgbench: client 3 aborted.", "The scenario stopped early: pgbench went away"} {

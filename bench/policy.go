@@ -152,7 +152,7 @@ func policyForDatabase(src []byte, from, to string) ([]byte, error) {
 type policyResult struct {
 	duration time.Duration
 	rounds   int
-	runs     map[string][]measure // "workload mode target" → runs, by round
+	runs     runSet // "workload mode target" → runs, by round
 	// check is what each instance answered a lead with a malformed email,
 	// sent as a literal and as a Bind parameter.
 	check policyCheck
@@ -176,35 +176,11 @@ type policyCheck struct {
 // malformed email with.
 const expectedRefusal = "23514 leads_email_type"
 
-func (r *policyResult) add(workload, mode, target string, m measure) {
-	if r.runs == nil {
-		r.runs = map[string][]measure{}
-	}
-	k := workload + " " + mode + " " + target
-	r.runs[k] = append(r.runs[k], m)
-}
-
-func (r *policyResult) of(workload, mode, target string) []measure {
-	return r.runs[workload+" "+mode+" "+target]
-}
-
 func onlyPolicy(duration time.Duration, rounds int, pgshieldBin, profiles string) error {
-	e, err := newEnv(context.Background())
-	if err != nil {
-		return err
-	}
-	defer e.close()
-	if profiles != "" {
-		if e.profiles, err = filepath.Abs(profiles); err != nil {
-			return err
-		}
-		if err := os.MkdirAll(e.profiles, 0o755); err != nil {
-			return err
-		}
-	}
-	res := policyCost(e, pgshieldBin, duration, rounds)
-	fmt.Println(res.markdown())
-	return res.err
+	return onlyScenario(profiles, func(e *env) (string, error) {
+		res := policyCost(e, pgshieldBin, duration, rounds)
+		return res.markdown(), res.err
+	})
 }
 
 // policyCost runs the scenario in e's database: the example schema, two
@@ -316,7 +292,7 @@ func policyCost(e *env, bin string, duration time.Duration, rounds int) policyRe
 						return res
 					}
 					say("round %d %-9s %-9s %-10s tps %8.0f  pgshield cpu %s µs/tx  failed %d %s", r+1, w.name, mode, target, m.tps, cpuCell(m.cpuPerTx()), m.failed, m.note)
-					res.add(w.name, mode, target, m)
+					res.runs.add(w.name, mode, target, m)
 				}
 			}
 		}
@@ -383,7 +359,7 @@ type policyFigures struct {
 }
 
 func (r *policyResult) figures(workload, mode string) policyFigures {
-	a, b := r.of(workload, mode, tPolicyOn), r.of(workload, mode, tPolicyOff)
+	a, b := r.runs.of(workload, mode, tPolicyOn), r.runs.of(workload, mode, tPolicyOff)
 	f := policyFigures{on: summarize(a), off: summarize(b)}
 	f.tps, f.cpu = pairedRatios(a, b)
 	f.medTPS, f.medCP = median(f.tps), median(f.cpu)

@@ -157,24 +157,24 @@ func policyResults() *policyResult {
 	// leads prepared: on 9600 and 9000 against 10000 and 10000: rounds
 	// 0.96 and 0.90, median 0.93 (missed). CPU 2400 ms / 76800 tx = 31.25
 	// µs and 2160 / 72000 = 30 against 2000 / 80000 = 25: 1.25 and 1.2.
-	r.add("leads", "prepared", tPolicyOn, run(9600, 2400))
-	r.add("leads", "prepared", tPolicyOn, run(9000, 2160))
-	r.add("leads", "prepared", tPolicyOff, run(10000, 2000))
-	r.add("leads", "prepared", tPolicyOff, run(10000, 2000))
+	r.runs.add("leads", "prepared", tPolicyOn, run(9600, 2400))
+	r.runs.add("leads", "prepared", tPolicyOn, run(9000, 2160))
+	r.runs.add("leads", "prepared", tPolicyOff, run(10000, 2000))
+	r.runs.add("leads", "prepared", tPolicyOff, run(10000, 2000))
 	// leads simple: 0.98 and 0.96, met in every round.
-	r.add("leads", "simple", tPolicyOn, run(9800, 2000))
-	r.add("leads", "simple", tPolicyOn, run(9600, 2000))
-	r.add("leads", "simple", tPolicyOff, run(10000, 2000))
-	r.add("leads", "simple", tPolicyOff, run(10000, 2000))
+	r.runs.add("leads", "simple", tPolicyOn, run(9800, 2000))
+	r.runs.add("leads", "simple", tPolicyOn, run(9600, 2000))
+	r.runs.add("leads", "simple", tPolicyOff, run(10000, 2000))
+	r.runs.add("leads", "simple", tPolicyOff, run(10000, 2000))
 	// audit_log: 1.02 and 0.98 (1 within), and 1.05 and 1.04 (beyond).
-	r.add("audit_log", "prepared", tPolicyOn, run(10200, 2000))
-	r.add("audit_log", "prepared", tPolicyOn, run(9800, 2000))
-	r.add("audit_log", "prepared", tPolicyOff, run(10000, 2000))
-	r.add("audit_log", "prepared", tPolicyOff, run(10000, 2000))
-	r.add("audit_log", "simple", tPolicyOn, run(10500, 2000))
-	r.add("audit_log", "simple", tPolicyOn, run(10400, 2000))
-	r.add("audit_log", "simple", tPolicyOff, run(10000, 2000))
-	r.add("audit_log", "simple", tPolicyOff, run(10000, 2000))
+	r.runs.add("audit_log", "prepared", tPolicyOn, run(10200, 2000))
+	r.runs.add("audit_log", "prepared", tPolicyOn, run(9800, 2000))
+	r.runs.add("audit_log", "prepared", tPolicyOff, run(10000, 2000))
+	r.runs.add("audit_log", "prepared", tPolicyOff, run(10000, 2000))
+	r.runs.add("audit_log", "simple", tPolicyOn, run(10500, 2000))
+	r.runs.add("audit_log", "simple", tPolicyOn, run(10400, 2000))
+	r.runs.add("audit_log", "simple", tPolicyOff, run(10000, 2000))
+	r.runs.add("audit_log", "simple", tPolicyOff, run(10000, 2000))
 	return r
 }
 

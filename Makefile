@@ -23,7 +23,7 @@ run: build
 ## test: the whole suite against real PostgreSQL, with the race detector,
 ## and the shipped alert rules with promtool; then the allocation test of
 ## the forwarding path, which needs a build without -race.
-test: monitoring-check
+test: monitoring-check $(BIN)/minio
 	$(GO) vet $(PKGS)
 	$(GO) test $(TEST_FLAGS) $(PKGS)
 	$(GO) test -count=1 -run 'TestForwardingDoesNotAllocate' ./proxy
@@ -34,6 +34,15 @@ test: monitoring-check
 monitoring-check:
 	@command -v promtool >/dev/null 2>&1 || { echo "installing prometheus"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; }
 	cd monitoring/prometheus && promtool check rules database-alerts.yml && promtool test rules database-alerts.test.yml
+
+## $(BIN)/minio: the MinIO server the S3 repository tests run on loopback
+## (internal/minio), built from the Go module proxy once and then reused;
+## the first build takes about 2-3 minutes. MINIO_VERSION must match
+## internal/minio.Version (a test checks it).
+MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+$(BIN)/minio:
+	@echo "building the MinIO server into $(BIN)/minio for the S3 tests (once; the first build takes a few minutes)"
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/minio/minio@$(MINIO_VERSION)
 
 $(BIN)/staticcheck:
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
@@ -61,6 +70,7 @@ fuzz:
 	$(GO) test ./policy -run '^$$' -fuzz FuzzProtect -fuzztime $(FUZZTIME)
 	$(GO) test ./crypto -run '^$$' -fuzz FuzzDecrypt -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzRowRewrite -fuzztime $(FUZZTIME)
+	$(GO) test ./admin/backup -run '^$$' -fuzz FuzzOpen -fuzztime $(FUZZTIME)
 
 ## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer,
 ## and pgshield with the example policy, and with the example's encrypted

@@ -40,6 +40,8 @@ func main() {
 		err = policyCmd(os.Args[2:])
 	case "keys":
 		err = keysCmd(os.Args[2:])
+	case "restore", "wal-fetch":
+		err = restoreCommand(os.Args[1], os.Args[2:])
 	case "version", "--version":
 		fmt.Println("pgshield", versionString())
 	case "help", "-h", "-help", "--help":
@@ -68,6 +70,9 @@ commands:
   policy   policy sql --config FILE: the SQL that enforces the policy inside PostgreSQL
   keys     keys init|show|rotate|retire --file FILE: the column-encryption keyring
            (needs ENCRYPTION_KEY and ENCRYPTION_SALT)
+  restore  restore a backup: --config FILE [--backup ID|LATEST] [--to-time TS] [--to-lsn LSN]
+           --into DIR [--port N] (needs BACKUP_ENCRYPTION_KEY)
+  wal-fetch  --config FILE NAME PATH: an archived WAL file (a restored cluster's restore_command)
   version  print the version
   help     print this help
 

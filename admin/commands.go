@@ -32,7 +32,7 @@ const (
 	databaseQueryTimeout             = 10 * time.Second
 	defaultQueries                   = 20
 	// showHint is showItemsHint() as a constant (a test keeps them equal).
-	showHint           = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, POLICY, FIREWALL, KEYS, JOBS, JOB <id>, HELP" // showItemsHint(), as a constant; a test keeps them equal
+	showHint           = "SHOW items: POOLS, CLIENTS, SERVERS, BACKENDS, STATS, CONFIG, VERSION, QUERIES [n], SLOW_QUERIES, TRANSACTIONS, PINNED, HEALTH, LOCKS, TABLES, INDEXES, ALERTS, POLICY, FIREWALL, KEYS, JOBS, JOB <id>, BACKUPS, WAL, SCHEDULE, HELP" // showItemsHint(), as a constant; a test keeps them equal
 	showTag            = "SHOW"
 	maxQueriesArgument = 100000
 )
@@ -246,6 +246,14 @@ func commandTable() []command {
 			help: "rewrite the values of a table's encrypted columns under the primary keys, in the background (SHOW JOBS follows it; run again, it goes on where it stopped)"},
 		{name: "CANCEL", usage: "CANCEL JOB <id>", args: cancelArgs, run: (*Console).cancelJob,
 			help: "cancel a background job (id of SHOW JOBS) and wait up to 5 s for it to stop"},
+		{name: "BACKUP", usage: "BACKUP FULL|INCREMENTAL", args: backupArgs, run: (*Console).backupCmd,
+			help: "take a backup of the database into the backup repository, in the background (SHOW JOBS follows it, SHOW BACKUPS lists it)"},
+		{name: "RESTORE", usage: restoreUsage, run: (*Console).restore,
+			help: "restore a backup (to a time or LSN with the archived WAL) into a new directory and start it on the port; waits for the job, then says where it is"},
+		{name: "VERIFY", usage: "VERIFY BACKUP <id>|LATEST", args: words("VERIFY BACKUP <id>|LATEST", 1, "BACKUP"), run: (*Console).verifyBackup,
+			help: "check that a backup is whole and restorable; waits for the job; the result is in SHOW BACKUPS"},
+		{name: "DELETE", usage: "DELETE EXPIRED BACKUPS", args: words("DELETE EXPIRED BACKUPS", 0, "EXPIRED", "BACKUPS"), run: (*Console).deleteExpired,
+			help: "delete the backups and WAL older than backup.retention; waits for the job, then lists what it deleted"},
 		{name: "HELP", usage: "HELP", args: noArgs, run: func(c *Console, ctx context.Context, _ []token) (*answer, error) {
 			return c.show(ctx, "HELP", nil)
 		}},
@@ -282,6 +290,11 @@ func showTable() []showItem {
 			run: (*Console).showJobs},
 		{name: "JOB", usage: "SHOW JOB <id>", help: "one background job, with the columns of SHOW JOBS",
 			args: exactly(1, "a job id: SHOW JOB <id>", "one job id", "the ids are in the id column of SHOW JOBS"), run: (*Console).showJob},
+		{name: "BACKUPS", help: "the backups in the repository, oldest first: kind, LSNs, size, key, verification, parent",
+			run: (*Console).showBackups},
+		{name: "WAL", help: "WAL archiving on this pgshield: running, last segment archived, lag, error", run: (*Console).showWAL},
+		{name: "SCHEDULE", help: "the scheduled backup jobs: cron expression (UTC), next run, whether this pgshield leads (runs them)",
+			run: (*Console).showSchedule},
 		{name: "HELP", help: "this list (also HELP)", run: table(func(*Console) *Result {
 			res := &Result{Columns: Cols("command", TypeText, "description", TypeText)}
 			for _, h := range helpLines() {

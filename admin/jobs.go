@@ -47,7 +47,9 @@ import (
 // One job of a kind and target runs at a time: a second REENCRYPT of the
 // same table answers 55000 naming the job that runs. A program (cmd/pgshield)
 // makes one registry with NewJobs, gives it to NewConsole with WithJobs,
-// and calls Close at shutdown after the console's Shutdown.
+// and calls Close at shutdown after the console's Shutdown. With
+// WithStore the registry keeps its jobs in a file across restarts
+// (jobstore.go).
 type Jobs struct {
 	log *zap.Logger
 	now func() time.Time
@@ -67,6 +69,8 @@ type Jobs struct {
 	// cancelWait is how long CANCEL JOB waits for the job to return before
 	// it answers that the cancellation is requested only.
 	cancelWait time.Duration
+
+	store *JobStore // where the jobs are kept across restarts; nil: nowhere (jobstore.go)
 }
 
 // maxFinishedJobs is how many finished jobs the registry keeps for SHOW
@@ -175,6 +179,7 @@ type job struct {
 	cancel       context.CancelCauseFunc
 	done         chan struct{} // closed when the job has ended
 	now          func() time.Time
+	progressed   func() // called after a report (the store's); nil: none
 
 	mu       sync.Mutex // guards the fields below
 	state    JobState
@@ -192,9 +197,10 @@ type progressMark struct {
 	done int64
 }
 
-// NewJobs returns an empty registry. now is its clock (nil: time.Now);
-// log gets a line when a job starts and ends (nil: none).
-func NewJobs(log *zap.Logger, now func() time.Time) *Jobs {
+// NewJobs returns an empty registry, or with WithStore one holding the
+// jobs its store kept. now is its clock (nil: time.Now); log gets a line
+// when a job starts and ends (nil: none).
+func NewJobs(log *zap.Logger, now func() time.Time, opts ...JobsOption) *Jobs {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -202,8 +208,15 @@ func NewJobs(log *zap.Logger, now func() time.Time) *Jobs {
 		now = time.Now
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	return &Jobs{log: log, now: now, cancelWait: defaultCancelWait, ctx: ctx, cancel: cancel,
+	j := &Jobs{log: log, now: now, cancelWait: defaultCancelWait, ctx: ctx, cancel: cancel,
 		jobs: make(map[int64]*job), running: make(map[jobKey]*job)}
+	for _, opt := range opts {
+		opt(j)
+	}
+	if j.store != nil {
+		j.loadStore()
+	}
+	return j
 }
 
 // Start runs fn in its own goroutine as a new job of kind ("reencrypt") on
@@ -212,6 +225,14 @@ func NewJobs(log *zap.Logger, now func() time.Time) *Jobs {
 // its id and an error wrapping ErrJobRunning. After Close began it
 // returns ErrJobsClosed.
 func (j *Jobs) Start(kind, target string, fn JobFunc) (int64, error) {
+	id, err := j.start(kind, target, fn)
+	if err == nil {
+		j.persist()
+	}
+	return id, err
+}
+
+func (j *Jobs) start(kind, target string, fn JobFunc) (int64, error) {
 	if kind == "" || fn == nil {
 		return 0, errors.New("start job: a job needs a kind and a function")
 	}
@@ -228,6 +249,9 @@ func (j *Jobs) Start(kind, target string, fn JobFunc) (int64, error) {
 	ctx, cancel := context.WithCancelCause(j.ctx)
 	jb := &job{id: j.nextID, kind: kind, target: target, cancel: cancel, done: make(chan struct{}), now: j.now,
 		state: JobRunning, started: j.now()}
+	if j.store != nil {
+		jb.progressed = j.progressed
+	}
 	j.jobs[jb.id] = jb
 	j.running[key] = jb
 	j.wg.Add(1)
@@ -264,6 +288,7 @@ func (j *Jobs) run(ctx context.Context, jb *job, fn JobFunc) {
 		j.finished = slices.Delete(j.finished, 0, 1)
 	}
 	j.mu.Unlock()
+	j.persist() // before Wait returns, so that what waited finds it stored
 
 	// Logged before Wait returns, so that what waited finds the line.
 	fields := []zap.Field{zap.Int64("job", jb.id), zap.String("kind", jb.kind), zap.String("target", jb.target),
@@ -303,8 +328,8 @@ func (jb *job) report(p JobProgress) {
 	p.Detail = truncateUTF8(p.Detail, maxJobDetail)
 	at := jb.now()
 	jb.mu.Lock()
-	defer jb.mu.Unlock()
 	if jb.state.Finished() {
+		jb.mu.Unlock()
 		return
 	}
 	jb.progress = p
@@ -313,6 +338,10 @@ func (jb *job) report(p JobProgress) {
 		jb.first = jb.last
 	}
 	jb.reports++
+	jb.mu.Unlock()
+	if jb.progressed != nil {
+		jb.progressed()
+	}
 }
 
 // infoLocked is the job's snapshot; jb.mu is held.

@@ -7,7 +7,10 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgshield/pgshield/metrics"
 	"github.com/pgshield/pgshield/poolmgr"
@@ -24,8 +27,9 @@ type Live struct {
 	alerter  *metrics.Alerter
 	settings Settings
 	version  string
-	extra    func() [][2]string // settings only the caller knows (listen addresses, logging)
-	keys     keyState           // the key commands' configuration and last scan (keys.go)
+	extra    func() [][2]string      // settings only the caller knows (listen addresses, logging)
+	keys     keyState                // the key commands' configuration and last scan (keys.go)
+	backups  atomic.Pointer[Backups] // SetBackups (backupcmds.go); nil: none
 }
 
 // Settings changes the configuration of a running pgshield: the console's
@@ -398,6 +402,14 @@ func controlError(err error) error {
 		return &Error{Code: CodeObjectNotInPrerequisiteState, Message: err.Error()}
 	}
 	return err
+}
+
+// ConnectPrimary opens a connection of its own to the primary of
+// database (the healthy one the topology found, else the configured
+// one), outside the pools: the backup scheduler's leader lock
+// (BackupConfig.Leader) holds one.
+func (l *Live) ConnectPrimary(ctx context.Context, database string) (*pgconn.PgConn, error) {
+	return l.connectPrimary(ctx, database)
 }
 
 // DatabaseQuery runs a statistics query on the primary of database, on a

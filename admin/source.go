@@ -60,6 +60,11 @@ type Source interface {
 	Reencrypt(ctx context.Context, table string) (ReencryptJob, error)
 	Unfinished(ctx context.Context) ([]ReencryptJob, error)
 
+	// Backups are the backups of the backup: section (backupcmds.go):
+	// the manager, the jobs over it and their schedule; nil without a
+	// backup repository (the backup commands answer 55000).
+	Backups() *Backups
+
 	// Control. database "" means every database; Reset of "" drops
 	// every SET.
 	Pause(ctx context.Context, database string) error

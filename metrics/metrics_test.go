@@ -102,6 +102,9 @@ func TestRequiredMetrics(t *testing.T) {
 	m.PoolWait.Local("api", "app").Observe(seconds(0.001))
 	m.Transactions.Local("api", "app", "commit").Inc()
 	m.Rejected("api", "app", "type")
+	m.BackupSucceeded("full", time.Unix(1714960800, 0), time.Minute)
+	m.BackupSize("full", 2<<20, 1<<20)
+	m.WALArchiveLag(3*time.Second, true)
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +121,9 @@ func TestRequiredMetrics(t *testing.T) {
 		"pgshield_pool_wait_seconds": dto.MetricType_HISTOGRAM, "pgshield_breaker_state": dto.MetricType_GAUGE,
 		"pgshield_backend_up": dto.MetricType_GAUGE, "pgshield_replica_lag_seconds": dto.MetricType_GAUGE,
 		"pgshield_pinned_clients": dto.MetricType_GAUGE, "pgshield_parse_cache_lookups_total": dto.MetricType_COUNTER,
+		"pgshield_backup_last_success_timestamp_seconds": dto.MetricType_GAUGE, "pgshield_backup_size_bytes": dto.MetricType_GAUGE,
+		"pgshield_backup_previous_size_bytes": dto.MetricType_GAUGE, "pgshield_backup_duration_seconds": dto.MetricType_GAUGE,
+		"pgshield_backup_failures_total": dto.MetricType_COUNTER, "pgshield_wal_archive_lag_seconds": dto.MetricType_GAUGE,
 	} {
 		if g, ok := got[name]; !ok || g != typ {
 			t.Errorf("%s: type %v present %v, want %v", name, g, ok, typ)

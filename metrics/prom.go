@@ -6,6 +6,8 @@
 package metrics
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -72,6 +74,21 @@ type Metrics struct {
 	// DecryptFailures counts values of encrypted columns that did not
 	// decrypt.
 	DecryptFailures *prometheus.CounterVec // database, table, column
+
+	// Backups (admin's backup jobs, through BackupSucceeded, BackupSize,
+	// BackupFailed and WALArchiveLag). kind: full, incremental, verify,
+	// retention; wal for the failures of WAL archiving. Gauges of the
+	// last backup rather than histograms: a job that runs once a day
+	// gives a histogram nothing to spread, and the alerts compare the
+	// last value with the one before.
+	BackupLastSuccess  *prometheus.GaugeVec   // kind
+	BackupSizeBytes    *prometheus.GaugeVec   // kind
+	BackupPreviousSize *prometheus.GaugeVec   // kind
+	BackupDuration     *prometheus.GaugeVec   // kind
+	BackupFailures     *prometheus.CounterVec // kind
+	// WALArchiveLagSeconds has no labels; its one series exists only
+	// while this pgshield archives WAL (the leader of the schedule).
+	WALArchiveLagSeconds *prometheus.GaugeVec
 }
 
 // New registers every collector; src provides the gauges (nil: none).
@@ -101,7 +118,28 @@ func New(src Source) *Metrics {
 		[]string{"database", "table", "column"})
 	m.Transactions = newFamily[Counter]("database_transactions_total",
 		"Transactions ended, by outcome: commit, or rollback (explicit or by error).", "service", "database", "outcome")
+	m.BackupLastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgshield_backup_last_success_timestamp_seconds",
+		Help: "When the last backup job of the kind that succeeded ended (Unix time); for full and incremental from the repository's catalog, 0 when it has none."},
+		[]string{"kind"})
+	m.BackupSizeBytes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgshield_backup_size_bytes", Help: "Size in the repository of the newest backup of the kind."}, []string{"kind"})
+	m.BackupPreviousSize = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgshield_backup_previous_size_bytes", Help: "Size of the backup of the kind before the newest; 0 when there is none."}, []string{"kind"})
+	m.BackupDuration = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgshield_backup_duration_seconds", Help: "How long the last backup job of the kind that succeeded took."}, []string{"kind"})
+	m.BackupFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgshield_backup_failures_total", Help: "Backup jobs that failed, by kind (wal: WAL archiving stopped on an error)."}, []string{"kind"})
+	// Each kind at 0 from the start, so that increase() sees the first
+	// failure.
+	for _, k := range []string{"full", "incremental", "verify", "retention", "wal"} {
+		m.BackupFailures.WithLabelValues(k)
+	}
+	m.WALArchiveLagSeconds = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgshield_wal_archive_lag_seconds",
+		Help: "How far WAL archiving is behind the primary; only on the pgshield that archives (the leader of the backup schedule)."}, nil)
 	m.Registry.MustRegister(m.QueryDuration, m.QueryErrors, m.TxDuration, m.SlowQueries, m.Deadlocks, m.PoolWait, m.Retries, m.PolicyRejections, m.DecryptFailures, m.Transactions,
+		m.BackupLastSuccess, m.BackupSizeBytes, m.BackupPreviousSize, m.BackupDuration, m.BackupFailures, m.WALArchiveLagSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src != nil {
 		m.Registry.MustRegister(&stateCollector{src: src})
@@ -190,4 +228,37 @@ func (m *Metrics) DecryptFailed(database, table, column string) {
 // Rejected counts a statement the policy refused.
 func (m *Metrics) Rejected(service, database, kind string) {
 	m.PolicyRejections.WithLabelValues(service, database, kind).Inc()
+}
+
+// BackupSucceeded records the last backup job of kind that succeeded:
+// when it ended (zero: none, recorded as 0) and how long it took.
+func (m *Metrics) BackupSucceeded(kind string, at time.Time, took time.Duration) {
+	ts := 0.0
+	if !at.IsZero() {
+		ts = float64(at.UnixNano()) / 1e9
+	}
+	m.BackupLastSuccess.WithLabelValues(kind).Set(ts)
+	if !at.IsZero() {
+		m.BackupDuration.WithLabelValues(kind).Set(took.Seconds())
+	}
+}
+
+// BackupSize records the size of the newest backup of kind and of the one
+// before it (0: none).
+func (m *Metrics) BackupSize(kind string, size, previous int64) {
+	m.BackupSizeBytes.WithLabelValues(kind).Set(float64(size))
+	m.BackupPreviousSize.WithLabelValues(kind).Set(float64(previous))
+}
+
+// BackupFailed counts a backup job of kind that failed.
+func (m *Metrics) BackupFailed(kind string) { m.BackupFailures.WithLabelValues(kind).Inc() }
+
+// WALArchiveLag records how far WAL archiving is behind; archiving false
+// removes the series (this pgshield no longer archives).
+func (m *Metrics) WALArchiveLag(lag time.Duration, archiving bool) {
+	if !archiving {
+		m.WALArchiveLagSeconds.Reset()
+		return
+	}
+	m.WALArchiveLagSeconds.WithLabelValues().Set(lag.Seconds())
 }

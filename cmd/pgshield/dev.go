@@ -135,6 +135,8 @@ func devCmd(args []string) error {
 			policyPath, host, port)
 		fmt.Printf("encryption: leads.email (deterministic), ssn, credit_card, bank_account, date_of_birth, agents.license_number, carriers.api_key; keyring %s, its master key in %s; user analyst sees masks\n",
 			filepath.Join(*dir, "keys.json"), envPath)
+		fmt.Printf("backups: %s, WAL archived continuously; on the console: BACKUP FULL; SHOW BACKUPS; RESTORE LATEST INTO '<a new directory>' PORT 5499\n",
+			filepath.Join(*dir, "backups"))
 		fmt.Printf("Ctrl-C stops the proxy and both clusters.\n\n")
 	}
 	load := func() (*config.File, error) { return config.Load(cfgPath) }
@@ -260,27 +262,56 @@ log: {level: info, format: console}
 # edit it and RELOAD on the admin console). pgshield policy sql prints the
 # SQL that enforces it inside PostgreSQL too.
 policy_file: policy.yaml
-`, listen, admin, metrics, certs.CertFile, certs.KeyFile, primary.Addr(), replica.Addr(), primary.CAFile)
+# Backups of database app (docs/backups.md): a local repository, WAL
+# archived continuously with pg_receivewal (as the cluster's superuser,
+# which may replicate), encrypted with the key from BACKUP_ENCRYPTION_KEY
+# (made up in encryption.env).
+backup:
+  repository: {dir: backups}
+  user: %s
+  password: %s
+  wal: true
+`, listen, admin, metrics, certs.CertFile, certs.KeyFile, primary.Addr(), replica.Addr(), primary.CAFile, primary.User, primary.Password)
 }
 
+// devSecrets are the variables pgshield dev makes up once for its
+// directory when the environment does not give them: the keyring's
+// master key, and the backups' key.
+func devSecrets() []devSecret {
+	return []devSecret{{crypto.EnvKey, 32}, {crypto.EnvSalt, 16}, {backupKeyEnv, 32}}
+}
+
+// devSecret is a variable and how many random bytes make it up.
+type devSecret struct {
+	name  string
+	bytes int
+}
+
+// backupKeyEnv is the variable the backups' key comes from.
+const backupKeyEnv = "BACKUP_ENCRYPTION_KEY"
+
 // devKeys makes sure dir has the example's keyring, keys.json, and that
-// the environment has its master key: ENCRYPTION_KEY and ENCRYPTION_SALT
-// as given, or else the pair in dir/encryption.env, made up on the first
-// run. It returns what names the key's origin.
+// the environment has the secrets of devSecrets: as given, or else as
+// dir/encryption.env holds them, made up on the first run. It returns
+// what names their origin.
 func devKeys(ctx context.Context, dir string) (string, error) {
 	envPath := filepath.Join(dir, "encryption.env")
-	if os.Getenv(crypto.EnvKey) == "" || os.Getenv(crypto.EnvSalt) == "" {
-		vars, err := devKeyEnv(envPath)
-		if err != nil {
+	vars, err := devKeyEnv(envPath)
+	if err != nil {
+		return "", err
+	}
+	given := 0
+	for _, v := range devSecrets() {
+		if os.Getenv(v.name) != "" {
+			given++
+			continue
+		}
+		if err := os.Setenv(v.name, vars[v.name]); err != nil {
 			return "", err
 		}
-		for k, v := range vars {
-			if err := os.Setenv(k, v); err != nil {
-				return "", err
-			}
-		}
-	} else {
-		envPath = "the environment (ENCRYPTION_KEY, ENCRYPTION_SALT)"
+	}
+	if given == len(devSecrets()) {
+		envPath = "the environment"
 	}
 	keysPath := filepath.Join(dir, "keys.json")
 	if _, err := os.Stat(keysPath); err == nil {
@@ -297,8 +328,8 @@ func devKeys(ctx context.Context, dir string) (string, error) {
 	return envPath, k.Save(ctx, keysPath, ks)
 }
 
-// devKeyEnv reads the master key pair of a dev directory, making one up
-// (random, hex) the first time.
+// devKeyEnv reads the secrets of a dev directory, making up (random,
+// hex) those it does not hold yet.
 func devKeyEnv(path string) (map[string]string, error) {
 	vars := map[string]string{}
 	if data, err := os.ReadFile(path); err == nil {
@@ -307,19 +338,25 @@ func devKeyEnv(path string) (map[string]string, error) {
 				vars[k] = v
 			}
 		}
-		if vars[crypto.EnvKey] != "" && vars[crypto.EnvSalt] != "" {
-			return vars, nil
+	}
+	missing := false
+	for _, v := range devSecrets() {
+		if vars[v.name] != "" {
+			continue
 		}
+		b := make([]byte, v.bytes)
+		if _, err := rand.Read(b); err != nil {
+			return nil, err
+		}
+		vars[v.name], missing = hex.EncodeToString(b), true
 	}
-	key, salt := make([]byte, 32), make([]byte, 16)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
+	if !missing {
+		return vars, nil
 	}
-	if _, err := rand.Read(salt); err != nil {
-		return nil, err
+	body := "# Made up by pgshield dev for this directory: the master key of keys.json and the\n" +
+		"# key of the backups. Export these to run pgshield serve --config pgshield.yaml,\n# pgshield keys show or pgshield restore on this directory.\n"
+	for _, v := range devSecrets() {
+		body += v.name + "=" + vars[v.name] + "\n"
 	}
-	vars = map[string]string{crypto.EnvKey: hex.EncodeToString(key), crypto.EnvSalt: hex.EncodeToString(salt)}
-	body := "# The master key of keys.json, made up by pgshield dev: export these to run\n# pgshield serve --config pgshield.yaml or pgshield keys show on this directory.\n" +
-		crypto.EnvKey + "=" + vars[crypto.EnvKey] + "\n" + crypto.EnvSalt + "=" + vars[crypto.EnvSalt] + "\n"
 	return vars, os.WriteFile(path, []byte(body), 0o600)
 }

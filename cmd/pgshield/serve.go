@@ -123,7 +123,15 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 			{"log.level", cur.Log.Level}, {"log.format", cur.Log.Format}}
 	})
 	live.SetKeyConfig(func() admin.KeyConfig { return keyConfig(run.current()) })
-	jobs := admin.NewJobs(log.Named("jobs"), nil)
+	var jobOpts []admin.JobsOption
+	if path := cfg.JobsPath(); path != "" {
+		store, err := admin.OpenJobStore(path)
+		if err != nil {
+			return fmt.Errorf("jobs_file: %w", err)
+		}
+		jobOpts = append(jobOpts, admin.WithStore(store))
+	}
+	jobs := admin.NewJobs(log.Named("jobs"), nil, jobOpts...)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -144,6 +152,11 @@ func serve(ctx context.Context, cfg *config.File, load func() (*config.File, err
 		_, _ = console.ResumeJobs(ctx)
 	}()
 	defer func() { <-resumed }()
+	waitBackups, err := startBackups(ctx, cfg, run.current, topo, jobs, live, m, log)
+	if err != nil {
+		return err
+	}
+	defer waitBackups()
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -201,3 +201,18 @@ func (r *runAs) makeTraversable(dir string) error {
 		}
 	}
 }
+
+// StopDataDir stops (fast) a cluster some other program started on
+// dataDir with the local binaries, as the OS user pgcluster runs
+// PostgreSQL as: a restored copy in tests.
+func StopDataDir(ctx context.Context, dataDir string) error {
+	bin, err := BinDir()
+	if err != nil {
+		return err
+	}
+	r, err := osUser()
+	if err != nil {
+		return err
+	}
+	return r.run(ctx, "", nil, filepath.Join(bin, "pg_ctl"), "-D", dataDir, "-m", "fast", "-w", "stop")
+}

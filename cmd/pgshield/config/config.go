@@ -45,6 +45,12 @@ type File struct {
 	Path string `yaml:"-"`
 	// Encryption is the column encryption (docs/encryption.md).
 	Encryption Encryption `yaml:"encryption"`
+	// JobsFile is where the console's jobs are recorded, so that one a
+	// stopped pgshield was running shows as failed after a restart;
+	// relative to this file's directory, pgshield-jobs.json by default.
+	JobsFile string `yaml:"jobs_file"`
+	// Backup is where backups go and when (docs/backups.md).
+	Backup Backup `yaml:"backup"`
 	// Masking is what a service sees instead of a column's value:
 	// service → database → table → column → mask (email, phone, ssn,
 	// card, null, keep_last:N).
@@ -145,6 +151,7 @@ func (f *File) applyDefaults() {
 		f.Log.Format = "json"
 	}
 	f.Encryption = f.Encryption.withDefaults()
+	f.Backup = f.Backup.withDefaults()
 }
 
 // explicitZeros makes presence in the file, not the zero value, mean "set"
@@ -223,6 +230,14 @@ func (f *File) Validate() error {
 		errs = append(errs, err)
 	}
 	if err := f.Encryption.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	dbs := make([]string, 0, len(f.Pools.Databases))
+	for name := range f.Pools.Databases {
+		dbs = append(dbs, name)
+	}
+	sort.Strings(dbs)
+	if err := f.Backup.validate(dbs); err != nil {
 		errs = append(errs, err)
 	}
 	known := append([]string(nil), services...)

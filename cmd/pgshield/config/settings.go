@@ -53,9 +53,11 @@ func (e *RestartError) Error() string {
 
 // fixedKeys are the keys whose value pgshield reads once, at start: the
 // listeners are bound, the logger is built, the classifier exists or not,
-// and the query statistics are sized then.
+// the query statistics are sized, the jobs file is opened and the backups
+// are set up then.
 func fixedKeys() []string {
-	return []string{"listen", "admin_listen", "metrics_listen", "log.format", "disable_classification", "query_stats_size"}
+	return []string{"listen", "admin_listen", "metrics_listen", "log.format", "disable_classification", "query_stats_size",
+		"jobs_file", "backup.repository.dir", "backup.database", "backup.wal", "backup.slot", "backup.staging_dir"}
 }
 
 // Fixed reports whether key (as written in the file) takes effect only

@@ -29,12 +29,19 @@ const tempPrefix = ".pgshield-put-"
 // the whole new one, never a part.
 type Local struct {
 	dir string // absolute, cleaned
+	// The modes of what it creates, taken from the root directory's:
+	// its directories' (with its setgid bit, so that they keep its
+	// group), and its files' (the same without execute bits). A root of
+	// 0700 keeps everything to its owner; one of 02750 owned by the
+	// postgres group lets restore_command, which runs as the server's OS
+	// user, read the repository.
+	dirMode, fileMode os.FileMode
 }
 
 var _ Repository = (*Local)(nil)
 
-// NewLocal opens the repository in dir, creating the directory when
-// missing.
+// NewLocal opens the repository in dir, creating the directory (0700)
+// when missing. What it creates below takes the directory's permissions.
 func NewLocal(dir string) (*Local, error) {
 	if dir == "" {
 		return nil, errors.New("backup: local repository: no directory given")
@@ -53,7 +60,8 @@ func NewLocal(dir string) (*Local, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("backup: local repository %s: not a directory", abs)
 	}
-	return &Local{dir: abs}, nil
+	perm := st.Mode().Perm()
+	return &Local{dir: abs, dirMode: perm | st.Mode()&os.ModeSetgid, fileMode: perm &^ 0o111}, nil
 }
 
 // String names the repository by its directory.
@@ -112,11 +120,16 @@ func (l *Local) Put(ctx context.Context, name string, r io.Reader) (int64, strin
 func (l *Local) createTemp(dir string) (*os.File, error) {
 	var err error
 	for range 3 {
-		if err = os.MkdirAll(dir, 0o700); err != nil {
+		if err = l.mkdirAll(dir); err != nil {
 			return nil, err
 		}
 		var f *os.File
 		if f, err = os.CreateTemp(dir, tempPrefix+"*"); err == nil {
+			if err = f.Chmod(l.fileMode); err != nil {
+				f.Close()
+				_ = os.Remove(f.Name())
+				return nil, err
+			}
 			return f, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
@@ -124,6 +137,23 @@ func (l *Local) createTemp(dir string) (*os.File, error) {
 		}
 	}
 	return nil, err
+}
+
+// mkdirAll makes dir and its missing parents below the root, with the
+// root's mode.
+func (l *Local) mkdirAll(dir string) error {
+	if st, err := os.Stat(dir); err == nil && st.IsDir() {
+		return nil
+	}
+	if parent := filepath.Dir(dir); parent != dir && len(parent) > len(l.dir) {
+		if err := l.mkdirAll(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, l.dirMode.Perm()); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return os.Chmod(dir, l.dirMode) // past the umask, and the setgid bit
 }
 
 // Get implements Repository.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -107,8 +108,15 @@ func devCmd(args []string) error {
 		return err
 	}
 	cfgPath := filepath.Join(abs, "pgshield.yaml")
-	yaml := devConfig(*listen, *adminListen, *metricsListen, certs, primary, replica) + example.Encryption()
+	pgBin, err := pgcluster.BinDir()
+	if err != nil {
+		return err
+	}
+	yaml := devConfig(*listen, *adminListen, *metricsListen, certs, primary, replica, pgBin) + example.Encryption()
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		return err
+	}
+	if err := shareWithServer(cfgPath, filepath.Join(abs, "backups")); err != nil {
 		return err
 	}
 	cfg, err := config.Load(cfgPath)
@@ -232,7 +240,7 @@ func splitAddr(addr string) (host, port string) {
 
 // devConfig writes the configuration `pgshield dev` serves; it is a real
 // configuration file a user can read and copy.
-func devConfig(listen, admin, metrics string, certs devcert.Files, primary, replica *pgcluster.Cluster) string {
+func devConfig(listen, admin, metrics string, certs devcert.Files, primary, replica *pgcluster.Cluster, pgBin string) string {
 	return fmt.Sprintf(`# Written by pgshield dev; rewritten on every run.
 listen: %s
 admin_listen: %s
@@ -271,7 +279,8 @@ backup:
   user: %s
   password: %s
   wal: true
-`, listen, admin, metrics, certs.CertFile, certs.KeyFile, primary.Addr(), replica.Addr(), primary.CAFile, primary.User, primary.Password)
+  pg_bin: %q
+`, listen, admin, metrics, certs.CertFile, certs.KeyFile, primary.Addr(), replica.Addr(), primary.CAFile, primary.User, primary.Password, pgBin)
 }
 
 // devSecrets are the variables pgshield dev makes up once for its
@@ -359,4 +368,39 @@ func devKeyEnv(path string) (map[string]string, error) {
 		body += v.name + "=" + vars[v.name] + "\n"
 	}
 	return vars, os.WriteFile(path, []byte(body), 0o600)
+}
+
+// shareWithServer lets the OS user PostgreSQL runs as read the
+// configuration and the backup repository, when that user is not this
+// one (pgshield dev as root runs the clusters as postgres): a restored
+// cluster's restore_command, pgshield wal-fetch, runs as that user. Both
+// stay out of others' reach: the file 0640 and the repository 02750,
+// with the postgres group.
+func shareWithServer(cfgPath, repoDir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil // no such user: pgcluster refuses to run as root anyway
+	}
+	gid, err := strconv.Atoi(u.Gid)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(repoDir, 0o750); err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		path string
+		mode os.FileMode
+	}{{cfgPath, 0o640}, {repoDir, 0o750 | os.ModeSetgid}} {
+		if err := os.Chown(p.path, 0, gid); err != nil {
+			return err
+		}
+		if err := os.Chmod(p.path, p.mode); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -59,7 +59,7 @@ func restoreCmd(args []string) error {
 		}
 		o.TargetTime = t
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := config.LoadBackup(*path)
 	if err != nil {
 		return err
 	}
@@ -157,7 +157,7 @@ func walFetchCmd(args []string) error {
 }
 
 func runWALFetch(ctx context.Context, path, cluster string, check bool, args []string) error {
-	cfg, err := config.Load(path)
+	cfg, err := config.LoadBackup(path)
 	if err != nil {
 		return err
 	}

@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"time"
 
 	"github.com/robfig/cron/v3"
+	"gopkg.in/yaml.v3"
 
 	"github.com/pgshield/pgshield/admin/backup"
+	"github.com/pgshield/pgshield/poolmgr"
 )
 
 // Backup is the backup section: where backups go, which database they
@@ -225,4 +228,40 @@ func (f *File) JobsPath() string {
 		return ""
 	}
 	return f.relative(DefaultJobsFile)
+}
+
+// LoadBackup reads only what a restore needs from the configuration at
+// path, the backup section and the databases' names, without checking
+// the rest (pgshield restore and wal-fetch run where the proxy's TLS key
+// or policy file may not be readable: as the server's OS user, or on a
+// fresh machine).
+func LoadBackup(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var part struct {
+		Backup    Backup                    `yaml:"backup"`
+		Databases map[string]map[string]any `yaml:"databases"`
+	}
+	if err := yaml.Unmarshal(data, &part); err != nil {
+		return nil, fmt.Errorf("%s: not valid YAML: %w", path, err)
+	}
+	f := &File{Path: path, Backup: part.Backup.withDefaults()}
+	f.Pools.Databases = map[string]poolmgr.DatabaseConfig{}
+	for name := range part.Databases {
+		f.Pools.Databases[name] = poolmgr.DatabaseConfig{}
+	}
+	names := make([]string, 0, len(part.Databases))
+	for name := range part.Databases {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	if err := f.Backup.validate(names); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if !f.Backup.Enabled() {
+		return nil, fmt.Errorf("%s: no backup section (backup.repository)", path)
+	}
+	return f, nil
 }

@@ -38,25 +38,53 @@ func TestPrometheusScrape(t *testing.T) {
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "pgshield.yaml")
 	addr, metricsAddr := freeAddr(t), freeAddr(t)
+	adminAddr := freeAddr(t)
+	pgBin, err := pgcluster.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("BACKUP_ENCRYPTION_KEY", "the backup key of the scrape test")
 	cfg := fmt.Sprintf(`listen: %s
 metrics_listen: %s
-admin_listen: 127.0.0.1:0
+admin_listen: %s
 slow_query_threshold: 100ms
 users:
   - {name: app, password: one}
+  - {name: admin, password: admin, admin: true}
 databases:
   app: {primary: %s, replicas: [%s], dbname: postgres, user: %s, password: %s, server_tls: {mode: disable}}
 services:
   api: {max_connections: 4, min_connections: 1}
 routing: {lag_check_interval: 200ms}
 max_retries: -1
-`, addr, metricsAddr, pg.Addr(), replica.Addr(), pg.User, pg.Password)
+backup:
+  repository: {dir: backups}
+  pg_bin: %q
+  schedule: {full: "off", incremental: "off", verify: "off", retention: "off"}
+`, addr, metricsAddr, adminAddr, pg.Addr(), replica.Addr(), pg.User, pg.Password, pgBin)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	startServe(t, bin, cfgPath)
 	waitFor(t, "the proxy to listen", func() bool { return query(ctx, addr, "app", "one") == nil })
 	statementLoad(ctx, t, addr)
+	// A backup, so that the backup metrics have values.
+	con := connectAs(ctx, t, adminAddr, "admin", "admin", "pgshield")
+	var job int64
+	if err := con.QueryRow(ctx, "BACKUP FULL", pgx.QueryExecModeSimpleProtocol).Scan(&job); err != nil {
+		t.Fatalf("BACKUP FULL: %v", err)
+	}
+	waitForLong(t, 2*time.Minute, "the backup", func() bool {
+		var state string
+		if err := con.QueryRow(ctx, fmt.Sprintf("SHOW JOB %d", job), pgx.QueryExecModeSimpleProtocol).
+			Scan(nil, nil, nil, &state, nil, nil, nil, nil, nil, nil, nil, nil, nil); err != nil {
+			t.Fatalf("SHOW JOB: %v", err)
+		}
+		if state == "failed" {
+			t.Fatalf("the backup failed")
+		}
+		return state == "succeeded"
+	})
 
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200} {
 		resp, err := http.Get("http://" + metricsAddr + path)
@@ -92,27 +120,31 @@ scrape_configs:
 	})
 
 	want := map[string]string{
-		"database_query_duration_seconds":       "histogram",
-		"database_transaction_duration_seconds": "histogram",
-		"database_query_errors_total":           "counter",
-		"database_slow_queries_total":           "counter",
-		"database_deadlocks_total":              "counter",
-		"database_transactions_total":           "counter",
-		"pgshield_pool_wait_seconds":            "histogram",
-		"pgshield_replica_lag_seconds":          "gauge",
-		"pgshield_replica_lag_bytes":            "gauge",
-		"database_cache_hit_ratio":              "gauge",
-		"database_blocks_hit_total":             "counter",
-		"database_blocks_read_total":            "counter",
-		"database_connections_active":           "gauge",
-		"database_connections_idle":             "gauge",
-		"database_connections_waiting":          "gauge",
-		"database_connections_max":              "gauge",
-		"pgshield_backend_up":                   "gauge",
-		"pgshield_breaker_state":                "gauge",
-		"pgshield_pinned_clients":               "gauge",
-		"pgshield_parse_cache_lookups_total":    "counter",
-		"pgshield_long_transactions":            "gauge",
+		"database_query_duration_seconds":                "histogram",
+		"database_transaction_duration_seconds":          "histogram",
+		"database_query_errors_total":                    "counter",
+		"database_slow_queries_total":                    "counter",
+		"database_deadlocks_total":                       "counter",
+		"database_transactions_total":                    "counter",
+		"pgshield_pool_wait_seconds":                     "histogram",
+		"pgshield_replica_lag_seconds":                   "gauge",
+		"pgshield_replica_lag_bytes":                     "gauge",
+		"database_cache_hit_ratio":                       "gauge",
+		"database_blocks_hit_total":                      "counter",
+		"database_blocks_read_total":                     "counter",
+		"database_connections_active":                    "gauge",
+		"database_connections_idle":                      "gauge",
+		"database_connections_waiting":                   "gauge",
+		"database_connections_max":                       "gauge",
+		"pgshield_backend_up":                            "gauge",
+		"pgshield_breaker_state":                         "gauge",
+		"pgshield_pinned_clients":                        "gauge",
+		"pgshield_parse_cache_lookups_total":             "counter",
+		"pgshield_long_transactions":                     "gauge",
+		"pgshield_backup_last_success_timestamp_seconds": "gauge",
+		"pgshield_backup_size_bytes":                     "gauge",
+		"pgshield_backup_duration_seconds":               "gauge",
+		"pgshield_backup_failures_total":                 "counter",
 	}
 	var got map[string]string
 	deadline := time.Now().Add(60 * time.Second)

@@ -50,8 +50,13 @@
 // they fill (or when the server's archive_timeout switches them).
 //
 // A failover to a replica with the WAL the old primary had is followed
-// seamlessly; WAL the old primary wrote and never replicated is, as with
-// any archiver streaming from the new primary, a gap.
+// seamlessly (pg_receivewal crosses to the new timeline, whose history
+// file is archived too); WAL the old primary wrote and never replicated
+// is, as with any archiver streaming from the new primary, a gap. The old
+// timeline's unfinished segment is kept in the repository as
+// <name>.partial, for forensics: recovery never reads it. A .partial that
+// pg_receivewal died zero-filling (it holds no WAL, and pg_receivewal
+// refuses to start beside it) is removed before a restart.
 //
 // # Incremental backups
 //

@@ -349,7 +349,14 @@ func findPGBin(major string) string {
 		}
 	}
 	if p, err := exec.LookPath("pg_ctl"); err == nil {
-		return filepath.Dir(p)
+		// A link on the PATH (to one version's pg_ctl) names that
+		// version's directory, which has the other programs too.
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
+		if d := filepath.Dir(p); hasProgram(d, "pg_basebackup") {
+			return d
+		}
 	}
 	if p, err := exec.LookPath("pg_config"); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -626,4 +633,72 @@ func putSealed(ctx context.Context, repo Repository, key Key, name string, write
 		return ObjectRef{}, fmt.Errorf("backup: storing %s: %w", name, r.err)
 	}
 	return ObjectRef{Name: name, Size: r.size, SHA256: r.sum}, nil
+}
+
+// controlState is pg_controldata's "Database cluster state".
+func controlState(ctx context.Context, as *osUser, bin, dir string) (string, error) {
+	out, err := as.run(ctx, "", program(bin, "pg_controldata"), []string{"LC_ALL=C"}, "-D", dir)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Database cluster state" {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("pg_controldata -D %s shows no cluster state", dir)
+}
+
+// postmasterAlive reports whether the server of dir runs.
+func postmasterAlive(dir string) bool {
+	data, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if err != nil {
+		return false
+	}
+	first, _, _ := strings.Cut(string(data), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 {
+		return false
+	}
+	err = syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// postmasterStatus is the status line of dir's postmaster.pid
+// ("starting", "standby", "ready", "stopping"), "" without one.
+func postmasterStatus(dir string) string {
+	data, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if err != nil {
+		return ""
+	}
+	if lines := strings.Split(string(data), "\n"); len(lines) >= 8 {
+		return strings.TrimSpace(lines[7])
+	}
+	return ""
+}
+
+// stopServer stops the server of dir at once, if it runs.
+func stopServer(ctx context.Context, as *osUser, bin, dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "postmaster.pid")); err != nil {
+		return nil
+	}
+	_, err := as.run(ctx, "", program(bin, "pg_ctl"), nil, "stop", "-w", "-t", "60", "-m", "immediate", "-D", dir)
+	return err
+}
+
+// logTail is the end of the server's log, for an error.
+func logTail(file string) string {
+	f, err := os.Open(file)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > 16<<10 {
+		_, _ = f.Seek(st.Size()-16<<10, io.SeekStart)
+	}
+	data, _ := io.ReadAll(f)
+	if tail := outputTail(string(data)); tail != "" {
+		return "\nserver log:" + tail
+	}
+	return ""
 }

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -296,7 +295,7 @@ func pickBackup(cat *catalog, o RestoreOptions) (Manifest, error) {
 		return b, nil
 	}
 	for _, b := range slices.Backward(cat.usable) {
-		if endsBefore(b) {
+		if _, err := chainOf(cat, b); err == nil && endsBefore(b) {
 			return b, nil
 		}
 	}
@@ -667,8 +666,8 @@ func (r *restorer) configure(j *job) error {
 }
 
 // startAndWait starts the restored server with pg_ctl and waits until it
-// is out of recovery (pg_control's state "in production": what
-// pg_is_in_recovery() reports, without a role to log in as). A failure
+// is out of recovery, as pg_control and postmaster.pid tell, which needs
+// no role to log in as (pg_is_in_recovery() is false then). A failure
 // stops the server.
 func (r *restorer) startAndWait(ctx context.Context, bin string, j *job) (err error) {
 	logFile := filepath.Join(j.dir, restoreLog)
@@ -695,7 +694,10 @@ func (r *restorer) startAndWait(ctx context.Context, bin string, j *job) (err er
 		if err != nil {
 			return err
 		}
-		if state == "in production" {
+		// pg_control says "in production" a moment before writes are
+		// allowed; the postmaster says "ready" once the startup process,
+		// done, has exited: then pg_is_in_recovery() is false.
+		if state == "in production" && postmasterStatus(j.dir) == "ready" {
 			return nil
 		}
 		if !postmasterAlive(j.dir) {
@@ -707,61 +709,6 @@ func (r *restorer) startAndWait(ctx context.Context, bin string, j *job) (err er
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-}
-
-// controlState is pg_controldata's "Database cluster state".
-func controlState(ctx context.Context, as *osUser, bin, dir string) (string, error) {
-	out, err := as.run(ctx, "", program(bin, "pg_controldata"), []string{"LC_ALL=C"}, "-D", dir)
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(out, "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Database cluster state" {
-			return strings.TrimSpace(v), nil
-		}
-	}
-	return "", fmt.Errorf("pg_controldata -D %s shows no cluster state", dir)
-}
-
-// postmasterAlive reports whether the server of dir runs.
-func postmasterAlive(dir string) bool {
-	data, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
-	if err != nil {
-		return false
-	}
-	first, _, _ := strings.Cut(string(data), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil || pid <= 0 {
-		return false
-	}
-	err = syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
-
-// stopServer stops the server of dir at once, if it runs.
-func stopServer(ctx context.Context, as *osUser, bin, dir string) error {
-	if _, err := os.Stat(filepath.Join(dir, "postmaster.pid")); err != nil {
-		return nil
-	}
-	_, err := as.run(ctx, "", program(bin, "pg_ctl"), nil, "stop", "-w", "-t", "60", "-m", "immediate", "-D", dir)
-	return err
-}
-
-// logTail is the end of the server's log, for an error.
-func logTail(file string) string {
-	f, err := os.Open(file)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > 16<<10 {
-		_, _ = f.Seek(st.Size()-16<<10, io.SeekStart)
-	}
-	data, _ := io.ReadAll(f)
-	if tail := outputTail(string(data)); tail != "" {
-		return "\nserver log:" + tail
-	}
-	return ""
 }
 
 // reachedLSN is where the restored server's timeline begins: the switch

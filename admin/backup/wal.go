@@ -1,7 +1,6 @@
 package backup
 
 import (
-	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -127,7 +126,11 @@ func (m *Manager) RunWAL(ctx context.Context) error {
 	// What pg_receivewal finished as it stopped.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
-	if err := m.uploadReady(fctx, staging); err != nil {
+	err = m.uploadReady(fctx, staging)
+	if err == nil {
+		err = m.uploadStalePartials(fctx, staging)
+	}
+	if err != nil {
 		m.log.Warn("WAL archiving: the last segments were not uploaded; the next run uploads them", zap.Error(err))
 	}
 	return nil
@@ -196,6 +199,9 @@ func (m *Manager) receiveLoop(ctx context.Context, staging string) {
 		}
 		if err == nil {
 			err = m.dropPaddingPartials(staging, segSize)
+		}
+		if err == nil {
+			err = m.uploadStalePartials(ctx, staging)
 		}
 		if err == nil {
 			began := time.Now()
@@ -510,25 +516,31 @@ func (m *Manager) uploadReady(ctx context.Context, staging string) error {
 			return err
 		}
 	}
-	return m.uploadStalePartials(ctx, staging, entries)
+	return nil
 }
 
-// uploadStalePartials moves the .partial segments behind the newest
-// archived one into the repository as <name>.partial: pg_receivewal only
-// writes at its newest position, so such a file is what a timeline left
-// unfinished (a failover). Its WAL up to the switch is in the new
-// timeline's segment; the rest never reached the new primary, and is kept
-// for forensics, not for recovery (wal-fetch never serves it).
-func (m *Manager) uploadStalePartials(ctx context.Context, staging string, entries []os.DirEntry) error {
+// uploadStalePartials moves the .partial segments of a timeline the
+// archive has left (a failover) into the repository, as <name>.partial:
+// one whose timeline is older than the newest archived segment's, at or
+// behind its position. Its WAL up to the switch is in the new timeline's
+// segment; the rest never reached the new primary, and is kept for
+// forensics, not for recovery (wal-fetch never serves it). It runs only
+// while no pg_receivewal does: a restarted one may write behind the
+// newest position again (from its slot), and a file it writes must not go.
+func (m *Manager) uploadStalePartials(ctx context.Context, staging string) error {
 	m.mu.Lock()
 	last := m.wal.lastSegment
 	m.mu.Unlock()
 	if last == "" {
 		return nil
 	}
+	entries, err := os.ReadDir(staging)
+	if err != nil {
+		return fmt.Errorf("reading the staging directory: %w", err)
+	}
 	for _, e := range entries {
 		seg, ok := strings.CutSuffix(e.Name(), ".partial")
-		if !ok || !segmentPattern.MatchString(seg) || !e.Type().IsRegular() || seg[8:] >= last[8:] {
+		if !ok || !segmentPattern.MatchString(seg) || !e.Type().IsRegular() || seg[:8] >= last[:8] || seg[8:] > last[8:] {
 			continue
 		}
 		file := filepath.Join(staging, e.Name())
@@ -673,186 +685,6 @@ func WALFetch(ctx context.Context, repo Repository, key Key, cluster, name, path
 	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("backup: fetching %s: %w", obj, err)
-	}
-	return nil
-}
-
-// BackupIncremental records the WAL since the newest backup as a backup of
-// its own (Kind incremental, Parent that backup), so that retention and
-// restore treat it as a unit: it writes a restore point, forces a segment
-// switch so that the range is complete, waits for the segment to reach the
-// archive, and stores the range's segments (with the timeline history
-// files) as one sealed tar. WAL archiving must have run since the parent.
-// PostgreSQL 17's pg_basebackup --incremental (block level) is the later
-// path; this works on 15 and 16.
-func (m *Manager) BackupIncremental(ctx context.Context, p Progress) (Manifest, error) {
-	if err := m.acquire(ctx); err != nil {
-		return Manifest{}, err
-	}
-	defer m.release()
-	cat, err := m.catalog(ctx)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if len(cat.usable) == 0 {
-		return Manifest{}, errors.New("backup: an incremental backup follows another backup: take a full backup first")
-	}
-	parent := cat.usable[len(cat.usable)-1]
-	if _, err := chainOf(cat, parent); err != nil {
-		return Manifest{}, fmt.Errorf("backup: incremental backup: %w", err)
-	}
-	src, err := m.source(ctx)
-	if err != nil {
-		return Manifest{}, err
-	}
-	info, err := readServerInfo(ctx, src)
-	if err != nil {
-		return Manifest{}, fmt.Errorf("backup: incremental backup: %w", err)
-	}
-	if info.segSize != parent.WALSegmentSize {
-		return Manifest{}, fmt.Errorf("backup: incremental backup: wal_segment_size is %d, backup %s has %d: take a full backup", info.segSize, parent.ID, parent.WALSegmentSize)
-	}
-	started := m.now()
-	id, err := m.begin(ctx, KindIncremental, started)
-	if err != nil {
-		return Manifest{}, err
-	}
-	defer m.setRunning(id, false)
-	log := m.log.With(zap.String("backup", id))
-	log.Info("incremental backup started", zap.String("parent", parent.ID))
-	man, err := m.incremental(ctx, src, info, parent, id, started, p)
-	if err != nil {
-		err = withCtx(ctx, err)
-		log.Error("incremental backup failed", zap.Error(err))
-		return Manifest{}, fmt.Errorf("backup: incremental backup %s: %w", id, err)
-	}
-	log.Info("incremental backup finished", zap.Int64("bytes", man.Size), zap.String("start_lsn", man.StartLSN), zap.String("stop_lsn", man.StopLSN))
-	return man, nil
-}
-
-func (m *Manager) incremental(ctx context.Context, src Source, info serverInfo, parent Manifest, id string, started time.Time, p Progress) (Manifest, error) {
-	point := "pgshield-" + id
-	conn, err := src.connect(ctx)
-	if err != nil {
-		return Manifest{}, err
-	}
-	var pointLSN, last string
-	err = conn.QueryRow(ctx, "SELECT pg_create_restore_point($1)::text", point).Scan(&pointLSN)
-	if err == nil {
-		err = conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_switch_wal())").Scan(&last)
-	}
-	conn.Close(context.Background())
-	if err != nil {
-		return Manifest{}, fmt.Errorf("restore point and segment switch on %s (the role needs EXECUTE on pg_create_restore_point and pg_switch_wal): %w", src.addr(), err)
-	}
-	p.report(0, 0, "waiting for WAL segment "+last+" to be archived")
-	if err := m.waitArchived(ctx, last); err != nil {
-		return Manifest{}, err
-	}
-	tli, lastSeg, _ := parseSegment(last, info.segSize)
-	from, err := parseLSN(parent.StopLSN)
-	if err != nil {
-		return Manifest{}, fmt.Errorf("backup %s: %w", parent.ID, err)
-	}
-	firstSeg := segmentOf(from, info.segSize)
-	objs, err := m.cfg.Repo.List(ctx, walPrefix(m.cfg.Cluster))
-	if err != nil {
-		return Manifest{}, err
-	}
-	var hist []Object
-	bySeg := map[uint64][]Object{}
-	for _, o := range objs {
-		n := path.Base(o.Name)
-		if historyPattern.MatchString(n) {
-			hist = append(hist, o)
-			continue
-		}
-		if t, segno, ok := parseSegment(n, info.segSize); ok && t <= tli && segno >= firstSeg && segno <= lastSeg {
-			bySeg[segno] = append(bySeg[segno], o)
-		}
-	}
-	files := hist
-	var total int64
-	for s := firstSeg; s <= lastSeg; s++ {
-		if len(bySeg[s]) == 0 {
-			return Manifest{}, fmt.Errorf("WAL segment %s is not in the repository: WAL archiving has not run since backup %s (take a full backup)",
-				segmentName(tli, s, info.segSize), parent.ID)
-		}
-		files = append(files, bySeg[s]...)
-	}
-	for _, o := range files {
-		total += o.Size
-	}
-	pw := &progressWriter{p: p, total: total, detail: "storing the WAL since " + parent.ID}
-	ref, err := m.putSealed(ctx, backupObject(m.cfg.Cluster, id, walTarFile), func(w io.Writer) error {
-		tw := tar.NewWriter(w)
-		for _, o := range files {
-			if err := m.copyWALInto(ctx, tw, o, info.segSize, pw); err != nil {
-				return err
-			}
-		}
-		return tw.Close()
-	})
-	if err != nil {
-		return Manifest{}, err
-	}
-	man := Manifest{
-		ID: id, Kind: KindIncremental, Cluster: m.cfg.Cluster,
-		Started: started, Finished: m.now(),
-		StartLSN: parent.StopLSN, StopLSN: pointLSN, Timeline: int(tli),
-		WALSegmentSize: info.segSize, PGVersion: info.version, KeyID: m.cfg.Key.ID,
-		Objects: []ObjectRef{ref}, Size: ref.Size, Parent: parent.ID, RestorePoint: point,
-	}
-	if err := writeManifest(ctx, m.cfg.Repo, man); err != nil {
-		return Manifest{}, err
-	}
-	p.report(total, total, "incremental backup finished")
-	return man, nil
-}
-
-// copyWALInto adds the archived WAL file o, opened, to tw. A segment is
-// exactly segSize bytes, which lets it stream; a history file is small.
-func (m *Manager) copyWALInto(ctx context.Context, tw *tar.Writer, o Object, segSize int64, pw *progressWriter) error {
-	rc, err := m.cfg.Repo.Get(ctx, o.Name)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	pt, err := m.cfg.Key.Open(rc, o.Name)
-	if err != nil {
-		return err
-	}
-	defer pt.Close()
-	n := path.Base(o.Name)
-	if historyPattern.MatchString(n) {
-		data, err := io.ReadAll(io.LimitReader(pt, 64<<20))
-		if err != nil {
-			return err
-		}
-		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o600, Size: int64(len(data)), ModTime: o.Modified, Typeflag: tar.TypeReg}); err != nil {
-			return err
-		}
-		_, err = tw.Write(data)
-		return err
-	}
-	if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o600, Size: segSize, ModTime: o.Modified, Typeflag: tar.TypeReg}); err != nil {
-		return err
-	}
-	copied, err := io.Copy(io.MultiWriter(tw, pw), io.LimitReader(pt, segSize))
-	if err != nil {
-		return err
-	}
-	if copied != segSize {
-		return fmt.Errorf("archived segment %s has %d bytes, not %d: %w", o.Name, copied, segSize, ErrCorrupt)
-	}
-	// A byte more would be a segment of another size; reading to the end
-	// also proves the object whole.
-	extra, err := io.Copy(io.Discard, pt)
-	if err != nil {
-		return err
-	}
-	if extra != 0 {
-		return fmt.Errorf("archived segment %s is longer than %d bytes: %w", o.Name, segSize, ErrCorrupt)
 	}
 	return nil
 }

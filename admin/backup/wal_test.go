@@ -22,7 +22,7 @@ import (
 func TestWALRestartAndFailover(t *testing.T) {
 	t.Parallel()
 	e, replica := newEnv(t, envOptions{replica: true})
-	e.runWAL()
+	stopWAL := e.runWAL()
 	full, err := e.m.BackupFull(e.ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -98,31 +98,19 @@ func TestWALRestartAndFailover(t *testing.T) {
 	if names := e.objectNames(walObject(testCluster, "00000002.history")); len(names) != 1 {
 		t.Fatalf("the archive has no history file of timeline 2: %v", names)
 	}
-	// Once timeline 2 is past it, timeline 1's unfinished segment moves
-	// from the staging directory into the repository, as a .partial.
-	if appConn, err = pgx.Connect(e.ctx, replica.ConnString("app")); err != nil {
-		t.Fatal(err)
-	}
-	_, err = appConn.Exec(e.ctx, "CREATE TABLE later (x int)")
-	appConn.Close(context.Background())
+	// Timeline 1's unfinished segment moves from the staging directory into
+	// the repository, as a .partial, once no pg_receivewal runs (here: at
+	// the end of WAL archiving).
+	stopWAL()
+	entries, err := os.ReadDir(e.m.cfg.StagingDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.m.SwitchWAL(e.ctx); err != nil {
-		t.Fatal(err)
+	for _, en := range entries {
+		if strings.HasPrefix(en.Name(), "00000001") {
+			t.Fatalf("timeline 1's %s is still in the staging directory", en.Name())
+		}
 	}
-	e.waitFor("timeline 1's partial segment to be moved", func() bool {
-		entries, err := os.ReadDir(e.m.cfg.StagingDir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, en := range entries {
-			if strings.HasPrefix(en.Name(), "00000001") {
-				return false
-			}
-		}
-		return true
-	})
 	var partials []string
 	for _, n := range walNames(e) {
 		if strings.HasSuffix(n, ".partial") {

@@ -74,9 +74,10 @@ fuzz:
 
 ## bench: side-by-side benchmarks against direct PostgreSQL and PgBouncer,
 ## and pgshield with the example policy, and with the example's encrypted
-## columns, against pgshield without (installs Debian's pgbouncer when
-## missing); results in bench/RESULTS.md.
-## BENCH_FLAGS="-only poolers|failover|stats|policy|encryption" runs one scenario.
+## columns, against pgshield without, and pgshield's backups against
+## pgBackRest's (installs Debian's pgbouncer and pgbackrest when missing);
+## results in bench/RESULTS.md.
+## BENCH_FLAGS="-only poolers|failover|stats|policy|encryption|backup" runs one scenario.
 ## BASELINE=<git ref> also builds that ref into bin/pgshield-baseline (from
 ## a git archive in a temporary directory) and runs it as a third target,
 ## "pgshield (baseline)", in the pooler comparison.
@@ -84,6 +85,7 @@ BENCH_FLAGS ?=
 BASELINE ?=
 bench: build
 	@command -v pgbouncer >/dev/null 2>&1 || { echo "installing pgbouncer"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; }
+	@command -v pgbackrest >/dev/null 2>&1 || { echo "installing pgbackrest"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest; }
 ifneq ($(strip $(BASELINE)),)
 	@set -e; ref=$$(git rev-parse --verify --quiet '$(BASELINE)^{commit}') || { echo "BASELINE=$(BASELINE): not a commit"; exit 1; }; \
 	src=$$(mktemp -d); trap 'rm -rf "$$src"' EXIT; \

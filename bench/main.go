@@ -28,8 +28,12 @@ func main() {
 	idle := flag.Int("idle-clients", 5000, "idle clients for the memory measure")
 	many := flag.Int("many-clients", 10000, "concurrent clients for the scale test")
 	baseline := flag.String("baseline", "", "another pgshield binary, run as a third target in the pooler comparison (pgshield (baseline))")
-	only := flag.String("only", "", "run one scenario and print it: poolers, failover, stats, policy or encryption")
+	only := flag.String("only", "", "run one scenario and print it: poolers, failover, stats, policy, encryption or backup")
 	profiles := flag.String("profile", "", "a `directory` where the policy and encryption scenarios' pgshield processes write CPU profiles (policy-on.prof, policy-off.prof, encryption-on.prof, encryption-off.prof)")
+	var bo backupOptions
+	flag.IntVar(&bo.scale, "backup-scale", 50, "pgbench scale of the backup scenario's database")
+	flag.IntVar(&bo.rounds, "backup-rounds", 3, "rounds of the backup scenario (a full backup and a restore by each tool, the order alternating)")
+	flag.DurationVar(&bo.load, "backup-load", 20*time.Second, "how long the backup scenario's write load runs before the primary's data directory is destroyed")
 	flag.Parse()
 	var err error
 	switch *only {
@@ -43,10 +47,12 @@ func main() {
 		err = onlyPolicy(*duration, *rounds, *pgshieldBin, *profiles)
 	case "encryption":
 		err = onlyEncryption(*duration, *rounds, *pgshieldBin, *profiles)
+	case "backup":
+		err = onlyBackup(*pgshieldBin, bo)
 	case "":
-		err = run(*duration, *rounds, *out, *pgshieldBin, *baseline, *idle, *many)
+		err = run(*duration, *rounds, *out, *pgshieldBin, *baseline, *idle, *many, bo)
 	default:
-		err = fmt.Errorf("-only %q: want poolers, failover, stats, policy or encryption", *only)
+		err = fmt.Errorf("-only %q: want poolers, failover, stats, policy, encryption or backup", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -265,7 +271,7 @@ func (e *env) pgbenchThrough(p *proc, mode string, clients int, d time.Duration)
 	return m
 }
 
-func run(duration time.Duration, rounds int, outPath, pgshieldBin, baselineBin string, idleN, manyN int) error {
+func run(duration time.Duration, rounds int, outPath, pgshieldBin, baselineBin string, idleN, manyN int, bo backupOptions) error {
 	e, err := newEnv(context.Background())
 	if err != nil {
 		return err
@@ -311,6 +317,7 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin, baselineBin s
 
 	say("failover: primary and synchronous replica, 20 writers, pg_ctl stop -m immediate")
 	res.failover = failover(dir, pgshieldBin)
+	res.backups = backupCompare(dir, pgshieldBin, bo)
 
 	res.versions = versions(e, pgshieldBin, baselineBin)
 	report := res.markdown(idleN, manyN)

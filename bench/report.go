@@ -21,6 +21,7 @@ type results struct {
 	policy      policyResult
 	encryption  encResult
 	failover    failoverResult
+	backups     backupResult
 }
 
 func (r *results) add(target, mode string, m measure) {
@@ -165,6 +166,7 @@ func (r *results) markdown(idleN, manyN int) string {
 	}
 	fmt.Fprintf(&b, "\nEach client logs in (all %d connected at once), then runs `select 1` three times, all clients concurrently.\n", manyN)
 	b.WriteString(r.failover.markdown())
+	b.WriteString(r.backups.markdown())
 	return b.String()
 }
 

@@ -165,7 +165,9 @@ policy_file: policy.yaml
 	if fps != 3 || strings.Contains(string(saved), "abc") {
 		t.Errorf("the allow file lists %d fingerprints, want 3 and no literal:\n%s", fps, saved)
 	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 3 { // config, policy, allow list: the temporary file was renamed
+	// Config, policy, allow list and the jobs file: the temporary file was
+	// renamed.
+	if entries, _ := os.ReadDir(dir); len(entries) != 4 {
 		var names []string
 		for _, e := range entries {
 			names = append(names, e.Name())

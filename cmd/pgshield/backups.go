@@ -63,7 +63,8 @@ func startBackups(ctx context.Context, cfg *config.File, current func() *config.
 	}
 	self, _ := os.Executable()
 	mgr, err := backup.NewManager(backup.Config{Repo: repo, Key: key, PGBin: cfg.Backup.PGBin, Source: source, Slot: cfg.Backup.Slot,
-		StagingDir: cfg.BackupStagingDir(), Cluster: cluster, ConfigFile: cfg.Path, WALFetchCommand: self}, log.Named("backup"))
+		StagingDir: cfg.BackupStagingDir(), Cluster: cluster, ConfigFile: cfg.Path, WALFetchCommand: self,
+		ArchiveInterval: cfg.Backup.ArchiveInterval}, log.Named("backup"))
 	if err != nil {
 		return nil, err
 	}

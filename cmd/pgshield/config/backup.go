@@ -34,6 +34,11 @@ type Backup struct {
 	WAL bool `yaml:"wal"`
 	// Slot is the archiver's replication slot.
 	Slot string `yaml:"slot"`
+	// ArchiveInterval bounds how long written WAL waits before it is in
+	// the repository (the RPO when little is written): the segment being
+	// written is switched (pg_switch_wal()) once its oldest WAL is that
+	// old. A busy primary fills segments faster.
+	ArchiveInterval time.Duration `yaml:"archive_interval"`
 	// StagingDir is where pg_receivewal writes segments before they are
 	// uploaded, relative to the configuration's directory.
 	StagingDir string `yaml:"staging_dir"`
@@ -88,6 +93,9 @@ const (
 	DefaultKeepWAL           = 24 * time.Hour
 	DefaultBackupSlot        = "pgshield_wal"
 	DefaultStagingDir        = "wal-staging"
+	// DefaultArchiveInterval keeps the RPO to seconds on a quiet primary;
+	// the empty end of a switched segment compresses to almost nothing.
+	DefaultArchiveInterval = 10 * time.Second
 )
 
 // Enabled reports whether backups are configured.
@@ -118,6 +126,9 @@ func (b Backup) withDefaults() Backup {
 	}
 	if b.Slot == "" {
 		b.Slot = DefaultBackupSlot
+	}
+	if b.ArchiveInterval == 0 {
+		b.ArchiveInterval = DefaultArchiveInterval
 	}
 	if b.StagingDir == "" {
 		b.StagingDir = DefaultStagingDir

@@ -57,7 +57,8 @@ func (e *RestartError) Error() string {
 // are set up then.
 func fixedKeys() []string {
 	return []string{"listen", "admin_listen", "metrics_listen", "log.format", "disable_classification", "query_stats_size",
-		"jobs_file", "backup.repository.dir", "backup.database", "backup.wal", "backup.slot", "backup.staging_dir"}
+		"jobs_file", "backup.repository.dir", "backup.database", "backup.wal", "backup.slot", "backup.staging_dir",
+		"backup.archive_interval"}
 }
 
 // Fixed reports whether key (as written in the file) takes effect only

@@ -896,7 +896,7 @@ func (r backupResult) rpoMarkdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %d | %d | %s | %.1f |\n", p.tool, r.acked, p.missing, lost, p.restore.Seconds())
 	}
-	b.WriteString("\nWhy: pgshield uploads finished WAL segments only (admin/backup/wal.go). pg_receivewal streams every commit into a `.partial` file in pgshield's staging directory at once, but a `.partial` never goes to the repository; what makes the segment finished early is a forced `pg_switch_wal()` once written WAL has waited ArchiveInterval, 15 minutes by default (the configuration file does not set it). So a loss of the primary takes what was written since the last segment boundary: up to a 16 MB segment, or 15 minutes of WAL. pgBackRest's archive_command likewise gets finished segments only (archive_timeout is 0 here, PostgreSQL's default).")
+	b.WriteString("\nWhy: pgshield uploads finished WAL segments only (admin/backup/wal.go). pg_receivewal streams every commit into a `.partial` file in pgshield's staging directory at once, but a `.partial` never goes to the repository; what makes the segment finished early is a forced `pg_switch_wal()` once written WAL has waited `backup.archive_interval` (10 s by default). So a loss of the primary takes what was written since the last segment boundary: up to a 16 MB segment, or archive_interval of WAL. pgBackRest's archive_command likewise gets finished segments only (archive_timeout is 0 here, PostgreSQL's default).")
 	if r.archived != "" {
 		fmt.Fprintf(&b, " pgshield's repository ended with segment %s.", r.archived)
 	}

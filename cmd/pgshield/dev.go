@@ -88,6 +88,11 @@ func devCmd(args []string) error {
 	if err := primary.Exec(startCtx, "postgres", "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app; GRANT pg_monitor TO app"); err != nil {
 		return err
 	}
+	// A function's privileges are per database: failover promotes
+	// through a connection to app.
+	if err := primary.Exec(startCtx, "app", "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app"); err != nil {
+		return err
+	}
 	certs, err := devcert.Generate(filepath.Join(abs, "certs"))
 	if err != nil {
 		return err

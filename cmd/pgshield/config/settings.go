@@ -58,7 +58,9 @@ func (e *RestartError) Error() string {
 func fixedKeys() []string {
 	return []string{"listen", "admin_listen", "metrics_listen", "log.format", "disable_classification", "query_stats_size",
 		"jobs_file", "backup.repository.dir", "backup.database", "backup.wal", "backup.slot", "backup.staging_dir",
-		"backup.archive_interval"}
+		"backup.archive_interval", "backup.pg_bin", "backup.user", "backup.schedule.full", "backup.schedule.incremental",
+		"backup.schedule.verify", "backup.schedule.retention", "backup.retention.full", "backup.retention.incremental",
+		"backup.retention.wal"}
 }
 
 // Fixed reports whether key (as written in the file) takes effect only

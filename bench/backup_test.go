@@ -167,7 +167,7 @@ func TestBackupMarkdown(t *testing.T) {
 		"| pgshield | 600000 | 12000 | 1.50 | 31.0 |",
 		"| pgBackRest | 600000 | 0 | 0 | 21.0 |",
 		"it was 5ms after the kill began",
-		"00000001000000000000002B.partial", "ArchiveInterval, 15 minutes",
+		"00000001000000000000002B.partial", "archive_interval` (10 s by default)",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)

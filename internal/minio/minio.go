@@ -140,18 +140,28 @@ func start(ctx context.Context, bin, dir string) (*Server, func() error, error) 
 		}
 	}
 
-	live := "http://" + addr + "/minio/health/live"
+	// Live is not ready: until its storage is initialized the server
+	// answers S3 requests with 503 (XMinioServerNotInitialized). Ready
+	// is /minio/health/ready answering 200 and an S3 request anything
+	// but 503.
+	live := "http://" + addr + "/minio/health/ready"
 	deadline := time.Now().Add(2 * time.Minute)
 	client := &http.Client{Timeout: 5 * time.Second}
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, live, nil)
+	status := func(url string) int {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
-			stop()
-			return nil, nil, err
+			return 0
 		}
-		if resp, err := client.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for {
+		if status(live) == http.StatusOK {
+			if st := status("http://" + addr + "/"); st != 0 && st != http.StatusServiceUnavailable {
 				return srv, stop, nil
 			}
 		}

@@ -23,6 +23,9 @@ import (
 type rowPlan struct {
 	acts []fieldAct // by column index, ascending
 	db   string
+	// Buffers reused from row to row of the result set (the Row hook's
+	// answer is copied into its frame before the next row is read).
+	out, plain, masked []byte
 	// unknown: the catalog could not be read, so the result's columns
 	// cannot be told apart; its rows are refused.
 	unknown bool
@@ -154,9 +157,10 @@ func (es *encState) row(ev RowEvent) ([]byte, *Refusal) {
 		return nil, nil
 	}
 	keys := es.keys.Load()
-	out := make([]byte, 0, len(ev.Body)+16*len(rp.acts))
-	out = binary.BigEndian.AppendUint16(out, uint16(n))
-	var plainBuf, maskBuf []byte
+	out := binary.BigEndian.AppendUint16(rp.out[:0], uint16(n))
+	defer func() { rp.out = out[:0] }()
+	plainBuf, maskBuf := rp.plain, rp.masked
+	defer func() { rp.plain, rp.masked = plainBuf[:0], maskBuf[:0] }()
 	a := 0
 	for cols.Next() {
 		if a >= len(rp.acts) || rp.acts[a].idx != cols.Index {

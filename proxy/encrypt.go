@@ -125,10 +125,7 @@ func (s *Server) SetEncryption(e *Encryption, failures decryptCounter) {
 // columns. It does nothing without encryption.
 func (s *Server) SetKeyring(k *crypto.Keyring) {
 	if es := s.enc.Load(); es != nil {
-		es.keys.Store(k)
-		es.mu.Lock()
-		clear(es.plans) // a Query's plan holds no key, but its searches' width may change
-		es.mu.Unlock()
+		es.keys.Store(k) // plans hold no key: each rewrite reads the keyring in force
 	}
 }
 

@@ -37,17 +37,20 @@ const (
 	oidTimestamptzType = 1184
 )
 
-// PlainTypes are the names a plaintext type is configured by.
-var plainTypeNames = [...]string{plainText: "text", plainDate: "date", plainInteger: "integer", plainNumeric: "numeric", plainTimestamptz: "timestamptz"}
+// plainTypeNames are the names a plaintext type is configured by, by
+// plainType.
+func plainTypeNames() []string {
+	return []string{plainText: "text", plainDate: "date", plainInteger: "integer", plainNumeric: "numeric", plainTimestamptz: "timestamptz"}
+}
 
 // PlainTypes lists the plaintext types an encrypted column may declare.
-func PlainTypes() []string { return append([]string(nil), plainTypeNames[:]...) }
+func PlainTypes() []string { return plainTypeNames() }
 
 func plainTypeOf(name string) (plainType, bool) {
 	if name == "" {
 		return plainText, true
 	}
-	for i, n := range plainTypeNames {
+	for i, n := range plainTypeNames() {
 		if strings.EqualFold(n, name) {
 			return plainType(i), true
 		}
@@ -55,7 +58,7 @@ func plainTypeOf(name string) (plainType, bool) {
 	return plainText, false
 }
 
-func (t plainType) String() string { return plainTypeNames[t] }
+func (t plainType) String() string { return plainTypeNames()[t] }
 
 func (t plainType) oid() uint32 {
 	switch t {
@@ -84,9 +87,11 @@ func (t plainType) typlen() int16 {
 
 // Layouts a timestamptz plaintext is read with (ISO 8601, as PostgreSQL
 // writes it and as drivers send it in text).
-var timestampLayouts = [...]string{
-	"2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02T15:04:05.999999999Z07:00",
-	"2006-01-02 15:04:05.999999999", "2006-01-02T15:04:05.999999999", "2006-01-02",
+func timestampLayouts() []string {
+	return []string{
+		"2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02T15:04:05.999999999Z07:00",
+		"2006-01-02 15:04:05.999999999", "2006-01-02T15:04:05.999999999", "2006-01-02",
+	}
 }
 
 // check refuses a plaintext that is not a value of the column's type,
@@ -138,7 +143,7 @@ func (t plainType) valid(s string) bool {
 
 func parseTimestamp(s string) (time.Time, bool) {
 	s = strings.TrimSpace(s)
-	for _, l := range timestampLayouts {
+	for _, l := range timestampLayouts() {
 		if ts, err := time.Parse(l, s); err == nil {
 			return ts, true
 		}
@@ -147,7 +152,7 @@ func parseTimestamp(s string) (time.Time, bool) {
 }
 
 // PostgreSQL's epoch for dates and timestamps.
-var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+const pgEpochUnix = 946684800 // 2000-01-01 00:00:00 UTC
 
 // appendBinary appends the binary format of the plaintext text, in the
 // type's binary format (what a client that asked for binary results
@@ -162,7 +167,7 @@ func (t plainType) appendBinary(dst, text []byte) ([]byte, error) {
 		if err != nil {
 			return dst, err
 		}
-		days := int32((d.Unix() - pgEpoch.Unix()) / 86400)
+		days := int32((d.Unix() - pgEpochUnix) / 86400)
 		return binary.BigEndian.AppendUint32(dst, uint32(days)), nil
 	case plainInteger:
 		n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 32)
@@ -175,7 +180,7 @@ func (t plainType) appendBinary(dst, text []byte) ([]byte, error) {
 		if !ok {
 			return dst, fmt.Errorf("not a timestamp")
 		}
-		us := ts.UnixMicro() - pgEpoch.UnixMicro()
+		us := ts.UnixMicro() - pgEpochUnix*1_000_000
 		return binary.BigEndian.AppendUint64(dst, uint64(us)), nil
 	case plainNumeric:
 		return appendNumeric(dst, strings.TrimSpace(s))

@@ -81,7 +81,8 @@ func (s *session) respNeedsBody(typ byte) bool {
 	case 'Z', 'E', 'C', 'S':
 		return true
 	case 'T':
-		return s.srv.hooks.Load() != nil
+		h := s.srv.hooks.Load()
+		return h != nil && h.Described != nil
 	case 't':
 		h := s.srv.hooks.Load()
 		return h != nil && h.ParamsDescribed != nil

@@ -44,7 +44,7 @@ type BackupSchedule struct {
 	Full, Incremental, Verify, Retention string
 }
 
-// The defaults of BackupSchedule (cmd/pgshield/config has the same; the
+// The defaults of BackupSchedule, which the configuration file takes too (the
 // retention's are backup.DefaultFullKeep …).
 const (
 	DefaultScheduleFull        = "0 2 * * *"   // daily at 02:00 UTC

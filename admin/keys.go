@@ -55,11 +55,12 @@ type KeyConfig struct {
 	Pause     time.Duration
 }
 
-// The defaults of KeyConfig; cmd/pgshield/config has the same.
+// The defaults of KeyConfig, which the configuration file's encryption
+// section takes too.
 const (
-	defaultKeepKeys       = 2
-	defaultReencryptBatch = 500
-	defaultReencryptPause = 20 * time.Millisecond
+	DefaultKeepKeys       = 2
+	DefaultReencryptBatch = 500
+	DefaultReencryptPause = 20 * time.Millisecond
 )
 
 const (
@@ -126,15 +127,15 @@ func (l *Live) keyConfig() KeyConfig {
 	l.keys.mu.Lock()
 	f := l.keys.config
 	l.keys.mu.Unlock()
-	kc := KeyConfig{Pause: defaultReencryptPause}
+	kc := KeyConfig{Pause: DefaultReencryptPause}
 	if f != nil {
 		kc = f()
 	}
 	if kc.KeepKeys < 1 {
-		kc.KeepKeys = defaultKeepKeys
+		kc.KeepKeys = DefaultKeepKeys
 	}
 	if kc.BatchRows < 1 {
-		kc.BatchRows = defaultReencryptBatch
+		kc.BatchRows = DefaultReencryptBatch
 	}
 	kc.Pause = max(kc.Pause, 0)
 	return kc

@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
-	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
 
+	"github.com/pgshield/pgshield/admin"
 	"github.com/pgshield/pgshield/admin/backup"
 	"github.com/pgshield/pgshield/poolmgr"
 )
@@ -82,17 +83,10 @@ type BackupKeep struct {
 	WAL         time.Duration `yaml:"wal"`
 }
 
-// The operations guide's defaults.
+// Defaults of the backup section besides those of the schedule and the
+// retention, which are admin's and backup's.
 const (
-	DefaultBackupFull        = "0 2 * * *"
-	DefaultBackupIncremental = "0 */6 * * *"
-	DefaultBackupVerify      = "0 3 * * 0"
-	DefaultBackupRetention   = "30 2 * * *"
-	DefaultKeepFull          = 30 * 24 * time.Hour
-	DefaultKeepIncremental   = 7 * 24 * time.Hour
-	DefaultKeepWAL           = 24 * time.Hour
-	DefaultBackupSlot        = "pgshield_wal"
-	DefaultStagingDir        = "wal-staging"
+	DefaultStagingDir = "wal-staging"
 	// DefaultArchiveInterval keeps the RPO to seconds on a quiet primary;
 	// the empty end of a switched segment compresses to almost nothing.
 	DefaultArchiveInterval = 10 * time.Second
@@ -109,23 +103,24 @@ func (b Backup) withDefaults() Backup {
 	for _, d := range []struct {
 		v   *string
 		def string
-	}{{&s.Full, DefaultBackupFull}, {&s.Incremental, DefaultBackupIncremental}, {&s.Verify, DefaultBackupVerify}, {&s.Retention, DefaultBackupRetention}} {
+	}{{&s.Full, admin.DefaultScheduleFull}, {&s.Incremental, admin.DefaultScheduleIncremental}, {&s.Verify, admin.DefaultScheduleVerify},
+		{&s.Retention, admin.DefaultScheduleRetention}} {
 		if *d.v == "" {
 			*d.v = d.def
 		}
 	}
 	r := &b.Retention
 	if r.Full == 0 {
-		r.Full = DefaultKeepFull
+		r.Full = backup.DefaultFullKeep
 	}
 	if r.Incremental == 0 {
-		r.Incremental = DefaultKeepIncremental
+		r.Incremental = backup.DefaultIncrementalKeep
 	}
 	if r.WAL == 0 {
-		r.WAL = DefaultKeepWAL
+		r.WAL = backup.DefaultWALKeep
 	}
 	if b.Slot == "" {
-		b.Slot = DefaultBackupSlot
+		b.Slot = backup.DefaultSlot
 	}
 	if b.ArchiveInterval == 0 {
 		b.ArchiveInterval = DefaultArchiveInterval
@@ -150,30 +145,17 @@ func (b Backup) validate(databases []string) error {
 	switch {
 	case b.Database == "" && len(databases) != 1:
 		errs = append(errs, fmt.Errorf("backup.database: required with several databases (%v)", databases))
-	case b.Database != "" && !contains(databases, b.Database):
+	case b.Database != "" && !slices.Contains(databases, b.Database):
 		errs = append(errs, fmt.Errorf("backup.database %q: no such database (databases: %v)", b.Database, databases))
 	}
-	parser := cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 	for _, e := range []struct{ key, expr string }{
 		{"full", b.Schedule.Full}, {"incremental", b.Schedule.Incremental}, {"verify", b.Schedule.Verify}, {"retention", b.Schedule.Retention},
 	} {
-		if e.expr == "off" {
-			continue
-		}
-		if _, err := parser.Parse(e.expr); err != nil {
+		if err := admin.ParseSchedule(e.expr); err != nil {
 			errs = append(errs, fmt.Errorf("backup.schedule.%s %q: %w (a cron expression, or off)", e.key, e.expr, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // BackupDatabase is the configured database backups are of.
@@ -181,13 +163,10 @@ func (f *File) BackupDatabase() string {
 	if f.Backup.Database != "" {
 		return f.Backup.Database
 	}
-	names := make([]string, 0, len(f.Pools.Databases))
-	for n := range f.Pools.Databases {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	if len(names) == 1 {
-		return names[0]
+	if len(f.Pools.Databases) == 1 {
+		for name := range f.Pools.Databases {
+			return name
+		}
 	}
 	return ""
 }

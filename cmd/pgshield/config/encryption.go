@@ -4,13 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pgshield/pgshield/admin"
 	"github.com/pgshield/pgshield/crypto"
 	"github.com/pgshield/pgshield/proxy"
 )
@@ -37,22 +39,15 @@ type Reencrypt struct {
 	Pause     time.Duration `yaml:"pause"`      // between batches
 }
 
-// Defaults of the encryption section.
-const (
-	DefaultKeepKeys       = 2
-	DefaultReencryptBatch = 500
-	DefaultReencryptPause = 20 * time.Millisecond
-)
-
 func (e Encryption) withDefaults() Encryption {
 	if e.KeepKeys == 0 {
-		e.KeepKeys = DefaultKeepKeys
+		e.KeepKeys = admin.DefaultKeepKeys
 	}
 	if e.Reencrypt.BatchRows == 0 {
-		e.Reencrypt.BatchRows = DefaultReencryptBatch
+		e.Reencrypt.BatchRows = admin.DefaultReencryptBatch
 	}
 	if e.Reencrypt.Pause == 0 {
-		e.Reencrypt.Pause = DefaultReencryptPause
+		e.Reencrypt.Pause = admin.DefaultReencryptPause
 	}
 	return e
 }
@@ -80,9 +75,9 @@ func (e Encryption) validate() error {
 	if e.Reencrypt.BatchRows < 1 {
 		errs = append(errs, fmt.Errorf("encryption.reencrypt.batch_rows: must be at least 1, not %d", e.Reencrypt.BatchRows))
 	}
-	for _, db := range sortedKeys(e.Columns) {
-		for _, table := range sortedKeys(e.Columns[db]) {
-			for _, col := range sortedKeys(e.Columns[db][table]) {
+	for _, db := range slices.Sorted(maps.Keys(e.Columns)) {
+		for _, table := range slices.Sorted(maps.Keys(e.Columns[db])) {
+			for _, col := range slices.Sorted(maps.Keys(e.Columns[db][table])) {
 				c := e.Columns[db][table][col]
 				if !validPlainType(c.Type) {
 					errs = append(errs, fmt.Errorf("encryption.columns.%s.%s.%s.type %q: want one of %v", db, table, col, c.Type, proxy.PlainTypes()))
@@ -113,7 +108,7 @@ func validateMasking(m map[string]map[string]map[string]map[string]string, servi
 		return nil
 	}
 	var errs []error
-	for _, svc := range sortedKeys(m) {
+	for _, svc := range slices.Sorted(maps.Keys(m)) {
 		known := false
 		for _, s := range services {
 			known = known || s == svc
@@ -121,9 +116,9 @@ func validateMasking(m map[string]map[string]map[string]map[string]string, servi
 		if !known {
 			errs = append(errs, fmt.Errorf("masking.%s: no such service (services: %v)", svc, services))
 		}
-		for _, db := range sortedKeys(m[svc]) {
-			for _, table := range sortedKeys(m[svc][db]) {
-				for _, col := range sortedKeys(m[svc][db][table]) {
+		for _, db := range slices.Sorted(maps.Keys(m[svc])) {
+			for _, table := range slices.Sorted(maps.Keys(m[svc][db])) {
+				for _, col := range slices.Sorted(maps.Keys(m[svc][db][table])) {
 					if _, err := crypto.ParseMask(m[svc][db][table][col]); err != nil {
 						errs = append(errs, fmt.Errorf("masking.%s.%s.%s.%s: %w", svc, db, table, col, err))
 					}
@@ -132,15 +127,6 @@ func validateMasking(m map[string]map[string]map[string]map[string]string, servi
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // KeysetPath is the keyring file the configuration names (relative to

@@ -82,7 +82,7 @@ backup:
 			t.Fatalf("pgshield exited: %v\n%s", err, logs.String())
 		default:
 		}
-		return listening(ctx, addr)
+		return queryDB(ctx, addr, "app", "app", "shop") == nil
 	})
 	con := connectAs(ctx, t, admin, "admin", "admin", "pgshield")
 	simple := pgx.QueryExecModeSimpleProtocol
@@ -222,7 +222,7 @@ backup:
 	<-exited
 	exited <- nil
 	_, logs2, _ := startServe(t, bin, cfgPath)
-	waitFor(t, "the restarted proxy to listen", func() bool { return listening(ctx, addr) })
+	waitFor(t, "the restarted proxy to listen", func() bool { return queryDB(ctx, addr, "app", "app", "shop") == nil })
 	con = connectAs(ctx, t, admin, "admin", "admin", "pgshield")
 	var state string
 	var e *string
@@ -279,18 +279,6 @@ func stopRestored(t *testing.T, dir string) {
 	if err := pgcluster.StopDataDir(ctx, dir); err != nil {
 		t.Logf("stopping the restored cluster: %v", err)
 	}
-}
-
-// listening reports whether the proxy at addr serves database shop.
-func listening(ctx context.Context, addr string) bool {
-	host, port, _ := strings.Cut(addr, ":")
-	c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=app password=app dbname=shop sslmode=disable", host, port))
-	if err != nil {
-		return false
-	}
-	defer c.Close(ctx)
-	_, err = c.Exec(ctx, "select 1")
-	return err == nil
 }
 
 // openUp lets every user reach dir: it and its parents up to the

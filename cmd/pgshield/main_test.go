@@ -61,13 +61,7 @@ func (s *syncBuffer) String() string {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitForLong(t, 20*time.Second, what, cond)
 }
 
 // startServe runs `pgshield serve` on cfgPath; it is killed when the test
@@ -118,18 +112,17 @@ shutdown_timeout: 10s
 // one), closed when the test ends.
 func connectApp(ctx context.Context, t *testing.T, addr string) *pgx.Conn {
 	t.Helper()
-	host, port, _ := net.SplitHostPort(addr)
-	c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=app password=one dbname=app sslmode=disable", host, port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close(context.Background()) })
-	return c
+	return connectAs(ctx, t, addr, "app", "one", "app")
 }
 
 func query(ctx context.Context, addr, user, pw string) error {
+	return queryDB(ctx, addr, user, pw, "app")
+}
+
+// queryDB runs select 1 through the proxy at addr in database db.
+func queryDB(ctx context.Context, addr, user, pw, db string) error {
 	host, port, _ := net.SplitHostPort(addr)
-	c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=app sslmode=disable", host, port, user, pw))
+	c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable", host, port, user, pw, db))
 	if err != nil {
 		return err
 	}

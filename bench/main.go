@@ -25,10 +25,10 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds, alternating the targets")
 	out := flag.String("out", "bench/RESULTS.md", "where to write the results")
 	pgshieldBin := flag.String("pgshield", "bin/pgshield", "pgshield binary")
-	idle := flag.Int("idle-clients", 5000, "idle clients for the memory measure")
+	idle := flag.Int("idle-clients", 10000, "idle clients for the memory measure")
 	many := flag.Int("many-clients", 10000, "concurrent clients for the scale test")
 	baseline := flag.String("baseline", "", "another pgshield binary, run as a third target in the pooler comparison (pgshield (baseline))")
-	only := flag.String("only", "", "run one scenario and print it: poolers, failover, stats, policy, encryption or backup")
+	only := flag.String("only", "", "run one scenario and print it: ioproto, targets, poolers, failover, stats, policy, encryption or backup")
 	profiles := flag.String("profile", "", "a `directory` where the policy and encryption scenarios' pgshield processes write CPU profiles (policy-on.prof, policy-off.prof, encryption-on.prof, encryption-off.prof)")
 	var bo backupOptions
 	flag.IntVar(&bo.scale, "backup-scale", 50, "pgbench scale of the backup scenario's database")
@@ -37,6 +37,10 @@ func main() {
 	flag.Parse()
 	var err error
 	switch *only {
+	case "ioproto":
+		err = onlyIOProto(*duration, *rounds, *pgshieldBin)
+	case "targets":
+		err = onlyTargets(*duration, *rounds, *pgshieldBin, *idle)
 	case "poolers":
 		err = onlyPoolers(*duration, *rounds, *pgshieldBin, *baseline)
 	case "failover":
@@ -52,7 +56,7 @@ func main() {
 	case "":
 		err = run(*duration, *rounds, *out, *pgshieldBin, *baseline, *idle, *many, bo)
 	default:
-		err = fmt.Errorf("-only %q: want poolers, failover, stats, policy, encryption or backup", *only)
+		err = fmt.Errorf("-only %q: want ioproto, targets, poolers, failover, stats, policy, encryption or backup", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -287,16 +291,15 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin, baselineBin s
 	res := &results{duration: duration, rounds: rounds, baseline: e.baseline != nil}
 	// Memory first, while both poolers are fresh processes: after load a
 	// warm heap would hide what idle clients cost.
-	say("%d idle clients: memory", idleN)
-	res.idleShield, err = idleMemory(e.shield, idleN)
-	if err != nil {
-		return fmt.Errorf("idle clients through pgshield: %w", err)
-	}
-	res.idleBouncer, err = idleMemory(e.bouncer, idleN)
-	if err != nil {
-		return fmt.Errorf("idle clients through pgbouncer: %w", err)
+	if err := e.measureIdle(res, idleN); err != nil {
+		return err
 	}
 	e.poolerRounds(res, duration, rounds)
+	e.latencyRounds(res, duration, rounds)
+	if err := e.pinnedRounds(res, pgshieldBin, duration, rounds); err != nil {
+		return err
+	}
+	res.io = ioCompare(e, duration, rounds)
 	say("SQL classification on versus off (simple and prepared)")
 	for r := 0; r < rounds; r++ {
 		for _, mode := range []string{"simple", "prepared"} {

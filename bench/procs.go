@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -175,6 +176,9 @@ type shieldOptions struct {
 	// section); env, "KEY=value" pairs added to the process's environment.
 	config string
 	env    []string
+	// pin, when set, is a CPU list the process is confined to from its
+	// start (taskset -c), so that the Go runtime sizes GOMAXPROCS to it.
+	pin string
 }
 
 // startPgshield runs pgshield in transaction mode with 20 server
@@ -188,6 +192,9 @@ func startPgshield(dir, tag, bin string, pg *pgcluster.Cluster, opts shieldOptio
 	var extra []string
 	if opts.cpuProfile != "" {
 		extra = []string{"-cpuprofile", opts.cpuProfile}
+	}
+	if opts.pin != "" {
+		return launchPinned(dir, tag, bin, shieldBody(pg.Addr(), opts), opts.pin, extra...)
 	}
 	return launchPgshieldEnv(dir, tag, bin, shieldBody(pg.Addr(), opts), opts.env, extra...)
 }
@@ -235,6 +242,22 @@ func launchPgshield(dir, tag, bin, body string, extra ...string) (*proc, error) 
 // launchPgshieldEnv is launchPgshield with env, "KEY=value" pairs, added
 // to pgshield's environment.
 func launchPgshieldEnv(dir, tag, bin, body string, env []string, extra ...string) (*proc, error) {
+	return launchPgshieldWrapped(dir, tag, bin, body, env, nil, extra...)
+}
+
+// launchPinned is launchPgshield under taskset -c cpus.
+func launchPinned(dir, tag, bin, body, cpus string, extra ...string) (*proc, error) {
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		return nil, fmt.Errorf("taskset (util-linux) is needed to pin a pooler: %w", err)
+	}
+	return launchPgshieldWrapped(dir, tag, bin, body, nil, []string{taskset, "-c", cpus}, extra...)
+}
+
+// launchPgshieldWrapped is launchPgshieldEnv with pgshield run by the
+// command wrap when set (taskset, which execs it: the process id stays
+// pgshield's).
+func launchPgshieldWrapped(dir, tag, bin, body string, env, wrap []string, extra ...string) (*proc, error) {
 	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
@@ -249,7 +272,8 @@ func launchPgshieldEnv(dir, tag, bin, body string, env []string, extra ...string
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, append([]string{"serve", "--config", path}, extra...)...)
+	argv := append(append(slices.Clone(wrap), bin, "serve", "--config", path), extra...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if len(env) > 0 {
 		cmd.Env = append(os.Environ(), env...) // the last of a duplicate key wins
@@ -271,6 +295,12 @@ func launchPgshieldEnv(dir, tag, bin, body string, env []string, extra ...string
 // 20 server connections. PgBouncer refuses to run as root, so it runs as
 // the postgres user then.
 func startPgbouncer(dir string, pg *pgcluster.Cluster) (*proc, error) {
+	return startPgbouncerPinned(dir, "pgbouncer", pg, "")
+}
+
+// startPgbouncerPinned is startPgbouncer in the directory dir/sub, under
+// taskset -c cpus when cpus is set.
+func startPgbouncerPinned(dir, sub string, pg *pgcluster.Cluster, cpus string) (*proc, error) {
 	bin, err := exec.LookPath("pgbouncer")
 	if err != nil {
 		return nil, fmt.Errorf("pgbouncer not installed (Debian: apt-get install pgbouncer): %w", err)
@@ -279,7 +309,7 @@ func startPgbouncer(dir string, pg *pgcluster.Cluster) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	bdir := filepath.Join(dir, "pgbouncer")
+	bdir := filepath.Join(dir, sub)
 	if err := os.MkdirAll(bdir, 0o777); err != nil {
 		return nil, err
 	}
@@ -310,6 +340,14 @@ ignore_startup_parameters = extra_float_digits
 	args := []string{filepath.Join(bdir, "pgbouncer.ini")}
 	if os.Geteuid() == 0 {
 		args = append([]string{"-u", "postgres"}, args...)
+	}
+	if cpus != "" {
+		taskset, err := exec.LookPath("taskset")
+		if err != nil {
+			return nil, fmt.Errorf("taskset (util-linux) is needed to pin a pooler: %w", err)
+		}
+		args = append([]string{"-c", cpus, bin}, args...)
+		bin = taskset
 	}
 	cmd := exec.Command(bin, args...)
 	logFile := filepath.Join(bdir, "stderr.log")

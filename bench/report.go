@@ -22,6 +22,7 @@ type results struct {
 	encryption  encResult
 	failover    failoverResult
 	backups     backupResult
+	io          ioResult
 }
 
 func (r *results) add(target, mode string, m measure) {
@@ -135,7 +136,10 @@ func (r *results) markdown(idleN, manyN int) string {
 		fmt.Fprintf(&b, "- %s: %s\n", k, r.versions[k])
 	}
 	b.WriteString("\n")
+	b.WriteString(r.targetsMarkdown(idleN))
+	b.WriteString("\n")
 	b.WriteString(r.poolersMarkdown())
+	b.WriteString(r.io.markdown())
 	fmt.Fprintf(&b, "\n## Cost of SQL classification\n\n| mode | classification on tps | off tps | cost |\n|---|---|---|---|\n")
 	for _, mode := range []string{"simple", "prepared"} {
 		on, off := r.med("pgshield/classify", mode).tps, r.med("pgshield-noclassify/classify", mode).tps

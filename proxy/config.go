@@ -90,6 +90,9 @@ type Config struct {
 	// QueryStatsSize bounds the statements (pg_query fingerprints) whose
 	// statistics are kept; the least recently run are forgotten.
 	QueryStatsSize int `yaml:"query_stats_size"`
+	// DisableIdleParking keeps a goroutine and a read buffer for every
+	// idle client (park.go): for measuring what parking saves.
+	DisableIdleParking bool `yaml:"disable_idle_parking"`
 }
 
 // Defaults.

@@ -109,6 +109,7 @@ func runClientBytes(t *testing.T, data []byte) []byte {
 	sess := &session{srv: srv, log: zap.NewNop(), conn: server, br: br, r: wire.NewReader(br, 1<<12),
 		mode: poolmgr.ModeTransaction, txStatus: 'I', service: "api", database: "db", ctx: context.Background()}
 	done := make(chan struct{})
+	srv.wg.Add(1) // as Serve does for each connection; the session's end counts it down
 	go func() { defer close(done); sess.run() }()
 	var out bytes.Buffer
 	readDone := make(chan struct{})

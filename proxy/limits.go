@@ -32,6 +32,9 @@ const (
 	codeIdleInTransaction  = "25P03"
 	codeTransactionTimeout = "25P04"
 	reapInterval           = 250 * time.Millisecond
+	// parkEvery is how many reaps make one sweep of idle clients
+	// (park.go): a client idle one to two sweeps is parked.
+	parkEvery = 4
 )
 
 // limits are a service's transaction limits.
@@ -41,11 +44,15 @@ type limits struct{ tx, idle time.Duration }
 func (s *Server) reap(stop <-chan struct{}) {
 	t := time.NewTicker(reapInterval)
 	defer t.Stop()
-	for {
+	seen := make(map[*session]int64)
+	for tick := 1; ; tick++ {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
+		}
+		if tick%parkEvery == 0 {
+			s.sweepPark(seen)
 		}
 		svcs := s.pools.Config().Services
 		var lim map[string]limits

@@ -36,6 +36,11 @@ type Server struct {
 	rt    atomic.Pointer[runtime]
 
 	writers sync.Pool // *bufio.Writer toward clients, lent while a server is attached
+	readers sync.Pool // *bufio.Reader from clients, given back while a client is parked
+
+	// parker holds parked idle clients (park.go), started on first use.
+	parkOnce sync.Once
+	parker   atomic.Pointer[parker]
 
 	mu        sync.Mutex // guards the fields below
 	listeners []net.Listener
@@ -87,6 +92,7 @@ func New(cfg Config, pools Pools, topo *router.Topology, log *zap.Logger) (*Serv
 		s.classifier = router.New(router.Config{ParseCacheSize: cfg.ParseCacheSize})
 	}
 	s.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
+	s.readers.New = func() any { return bufio.NewReaderSize(nil, clientReadBuf) }
 	conn, _ := pools.(connector)
 	s.catalogs = newCatalogs(conn, log.Named("catalog"))
 	return s, nil
@@ -158,16 +164,21 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serveConn(nc)
-		}()
+		go s.serveConn(nc)
 	}
 }
 
-// serveConn runs one client connection from its first byte to its close.
+// serveConn runs one client connection from its first byte to its close
+// (one s.wg count each). Once logged in, the session owns the connection
+// and ends it (connDone): its goroutine may end before, when it is parked.
 func (s *Server) serveConn(nc net.Conn) {
-	defer nc.Close()
+	handed := false
+	defer func() {
+		if !handed {
+			nc.Close()
+			s.wg.Done()
+		}
+	}()
 	rt := s.rt.Load()
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
@@ -194,15 +205,23 @@ func (s *Server) serveConn(nc net.Conn) {
 		s.refuse(sc, fatalf(codeTooManyConnections, "sorry, too many clients already (max_client_connections %d)", rt.cfg.MaxClientConnections))
 		return
 	}
-	defer s.clients.Add(-1)
-
 	sess, err := s.login(ctx, sc, req, rt)
 	if err != nil {
+		s.clients.Add(-1)
 		s.refuse(sc, err)
 		return
 	}
 	_ = sc.nc.SetDeadline(time.Time{})
+	handed = true
 	sess.run()
+}
+
+// connDone ends a logged-in client's connection, once its session has
+// ended.
+func (s *Server) connDone(nc net.Conn) {
+	nc.Close()
+	s.clients.Add(-1)
+	s.wg.Done()
 }
 
 // refuse tells a client why it cannot go on, when a reply is possible.
@@ -310,7 +329,7 @@ func (s *Server) login(ctx context.Context, sc *startupConn, req *startupRequest
 	sess.startupSQL, _ = settingsSQL(settings)
 	sess.settingsSQL, sess.settingsKey = sess.startupSQL, sess.startupSQL
 	sess.r.SetMax(rt.cfg.MaxMessageSize)
-	sess.log = s.log.With(zap.String("user", userName), zap.String("database", database), zap.String("service", service))
+	sess.log = s.log.WithLazy(zap.String("user", userName), zap.String("database", database), zap.String("service", service))
 
 	// The client is told the ParameterStatus of a real server. In session
 	// mode its server is attached now; otherwise a cached copy serves.
@@ -403,7 +422,7 @@ func (s *Server) register(sess *session) error {
 		sess.ins.handles.Stripe = int(sess.id)
 	}
 	// Under s.mu: whoever finds the session in s.sessions sees its logger.
-	sess.log = sess.log.With(zap.Uint32("client", sess.id))
+	sess.log = sess.log.WithLazy(zap.Uint32("client", sess.id))
 	s.sessions[sess.id] = sess
 	return nil
 }
@@ -465,6 +484,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
+	defer s.stopParker()
 	select {
 	case <-done:
 		return nil

@@ -205,6 +205,13 @@ type session struct {
 
 	// Owned by the reader: the response stage (response.go).
 	resp respState
+
+	// Parking (park.go). idleRead: the client goroutine waits in a read
+	// with nothing buffered; parkAsked: the sweep asks it to park. parked
+	// and parkFD are guarded by mu.
+	idleRead, parkAsked atomic.Bool
+	parked              bool
+	parkFD              int32
 }
 
 // portal is what a portal runs: the statement (nil if unknown) and its
@@ -237,7 +244,17 @@ func (s *session) run() {
 		s.startPumpLocked()
 		s.mu.Unlock()
 	}
+	s.serve()
+}
+
+// serve runs the message loop; when it ends, the session ends, unless it
+// was parked (park.go): a goroutine started when the session is taken up
+// serves it again.
+func (s *session) serve() {
 	err := s.loop()
+	if errors.Is(err, errParked) {
+		return
+	}
 	var pe *pgError
 	switch {
 	case errors.As(err, &pe):
@@ -252,6 +269,7 @@ func (s *session) run() {
 	}
 	s.tellEndDirect()
 	s.close()
+	s.srv.connDone(s.conn)
 }
 
 func (s *session) loop() error {
@@ -261,8 +279,23 @@ func (s *session) loop() error {
 				return err
 			}
 		}
+		idle := s.r.Buffered() == 0
+		if idle {
+			s.idleRead.Store(true)
+		}
 		typ, _, err := s.r.Next()
+		if idle {
+			s.afterIdleRead(err)
+		}
 		if err != nil {
+			if idle && errors.Is(err, os.ErrDeadlineExceeded) {
+				switch s.parkNow() {
+				case parkDone:
+					return errParked
+				case parkRead:
+					continue
+				}
+			}
 			var tooLarge *wire.TooLargeError
 			if errors.As(err, &tooLarge) || errors.Is(err, wire.ErrMalformed) {
 				return toPgError(err)
@@ -360,6 +393,10 @@ func (s *session) end(msg *pgError) {
 // session is ending: the client goroutine blocked reading the client, or
 // the reader blocked reading the server. s.mu must be held.
 func (s *session) wakeLocked() {
+	if s.parked {
+		s.wakeParkedLocked()
+		return
+	}
 	if s.reader == readerNone {
 		_ = s.conn.SetReadDeadline(time.Now())
 		return

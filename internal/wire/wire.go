@@ -59,6 +59,7 @@ func NewReader(br *bufio.Reader, max int) *Reader {
 
 // Reset points r at a new stream and forgets the current message.
 func (r *Reader) Reset(br *bufio.Reader) {
+	r.br, r.typ, r.n, r.pending, r.held = br, 0, 0, 0, false
 }
 
 // SetMax changes the body size limit.

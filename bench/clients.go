@@ -128,8 +128,7 @@ func idleMemory(p *proc, n int) (idleResult, error) {
 		return idleResult{}, err
 	}
 	clients, failed := openMany(p.port, n)
-	time.Sleep(2 * time.Second)
-	after, err := p.rssKB()
+	after, err := settledRSS(p)
 	for _, c := range clients {
 		c.close()
 	}
@@ -143,6 +142,27 @@ func idleMemory(p *proc, n int) (idleResult, error) {
 	}
 	time.Sleep(2 * time.Second) // let the closes settle before the next test
 	return r, nil
+}
+
+// settledRSS waits until the pooler's RSS has stopped falling (an idle
+// client may be parked, and what it used given back, a second or two
+// after it logged in), sampling every second for at most 15 s, and
+// returns the last sample.
+func settledRSS(p *proc) (int, error) {
+	var samples []int
+	for i := 0; i < 15; i++ {
+		time.Sleep(time.Second)
+		kb, err := p.rssKB()
+		if err != nil {
+			return 0, err
+		}
+		samples = append(samples, kb)
+		if n := len(samples); n >= 4 && samples[n-4]-kb <= samples[n-4]/100 {
+			break
+		}
+	}
+	say("%s RSS after the logins, a sample a second: %v KB", p.name, samples)
+	return samples[len(samples)-1], nil
 }
 
 // manyResult is the outcome of the scale test.

@@ -290,7 +290,26 @@ func (s *session) parkNow() parkOutcome {
 	s.srv.readers.Put(s.br)
 	s.br = nil
 	s.r.Reset(nil)
+	s.shedLocked()
 	return parkDone
+}
+
+// shedLocked drops the buffers a session keeps from one transaction to
+// the next, which an idle one does not need: they grow again when used.
+// s.mu must be held, and nobody reads for the session.
+func (s *session) shedLocked() {
+	s.wbuf = nil
+	if s.queue.empty() {
+		s.queue.reset()
+		s.queue.items = nil
+	}
+	if len(s.resp.done) == 0 {
+		s.resp.done = nil
+	}
+	if len(s.resp.inTx) == 0 {
+		s.resp.inTx = nil
+	}
+	s.retrySent = nil
 }
 
 // unparkLocked takes a parked session up on a goroutine of its own, with

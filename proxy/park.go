@@ -25,9 +25,10 @@ import (
 // it stopped: the top of its message loop.
 //
 // Who parks: a transaction-mode session without a server, not on TLS (a
-// TLS connection may hold decrypted bytes of its own), whose client
-// goroutine has waited in Read with nothing buffered across a whole
-// sweep of the reaper (reapInterval). The sweep never parks a client that
+// TLS connection may hold decrypted bytes of its own), just logged in
+// with nothing more from its client yet, or whose client goroutine has
+// waited in Read with nothing buffered across a whole sweep
+// (parkEvery reaps). The sweep never parks a client that
 // is working: the client goroutine marks the read it blocks in (idleRead)
 // and checks parkAsked after it, and the sweep sets parkAsked before it
 // reads idleRead, both under the sequentially consistent atomics, so
@@ -271,7 +272,14 @@ func (s *session) parkNow() parkOutcome {
 		return parkEnd
 	}
 	_ = s.conn.SetReadDeadline(time.Time{})
-	if s.server != nil || s.reader != readerNone || s.r.Buffered() != 0 || s.needFlush {
+	return s.parkLocked()
+}
+
+// parkLocked parks the session if it may be: idle, with nothing buffered
+// from its client. s.mu must be held, and the caller is the client
+// goroutine at the top of its loop.
+func (s *session) parkLocked() parkOutcome {
+	if !s.parkable() || s.life != lifeOpen || s.server != nil || s.reader != readerNone || s.r.Buffered() != 0 || s.needFlush {
 		return parkRead
 	}
 	p := s.srv.parkerOf()

@@ -244,6 +244,14 @@ func (s *session) run() {
 		s.startPumpLocked()
 		s.mu.Unlock()
 	}
+	// A client that sent nothing yet with its login is parked at once:
+	// its login's goroutine and stack need not wait with it.
+	s.mu.Lock()
+	parked := s.parkLocked() == parkDone
+	s.mu.Unlock()
+	if parked {
+		return
+	}
 	s.serve()
 }
 

@@ -28,7 +28,7 @@ func main() {
 	idle := flag.Int("idle-clients", 10000, "idle clients for the memory measure")
 	many := flag.Int("many-clients", 10000, "concurrent clients for the scale test")
 	baseline := flag.String("baseline", "", "another pgshield binary, run as a third target in the pooler comparison (pgshield (baseline))")
-	only := flag.String("only", "", "run one scenario and print it: ioproto, targets, poolers, failover, stats, policy, encryption or backup")
+	only := flag.String("only", "", "run one scenario and print it: tls, ioproto, targets, poolers, failover, stats, policy, encryption or backup")
 	profiles := flag.String("profile", "", "a `directory` where the policy and encryption scenarios' pgshield processes write CPU profiles (policy-on.prof, policy-off.prof, encryption-on.prof, encryption-off.prof)")
 	var bo backupOptions
 	flag.IntVar(&bo.scale, "backup-scale", 50, "pgbench scale of the backup scenario's database")
@@ -37,6 +37,8 @@ func main() {
 	flag.Parse()
 	var err error
 	switch *only {
+	case "tls":
+		err = onlyTLS(*duration, *rounds, *pgshieldBin)
 	case "ioproto":
 		err = onlyIOProto(*duration, *rounds, *pgshieldBin)
 	case "targets":
@@ -56,7 +58,7 @@ func main() {
 	case "":
 		err = run(*duration, *rounds, *out, *pgshieldBin, *baseline, *idle, *many, bo)
 	default:
-		err = fmt.Errorf("-only %q: want ioproto, targets, poolers, failover, stats, policy, encryption or backup", *only)
+		err = fmt.Errorf("-only %q: want tls, ioproto, targets, poolers, failover, stats, policy, encryption or backup", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -297,6 +299,9 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin, baselineBin s
 	e.poolerRounds(res, duration, rounds)
 	e.latencyRounds(res, duration, rounds)
 	if err := e.pinnedRounds(res, pgshieldBin, duration, rounds); err != nil {
+		return err
+	}
+	if err := e.tlsRounds(res, pgshieldBin, duration, rounds); err != nil {
 		return err
 	}
 	res.io = ioCompare(e, duration, rounds)

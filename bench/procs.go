@@ -301,6 +301,12 @@ func startPgbouncer(dir string, pg *pgcluster.Cluster) (*proc, error) {
 // startPgbouncerPinned is startPgbouncer in the directory dir/sub, under
 // taskset -c cpus when cpus is set.
 func startPgbouncerPinned(dir, sub string, pg *pgcluster.Cluster, cpus string) (*proc, error) {
+	return startPgbouncerWith(dir, sub, pg, cpus, "")
+}
+
+// startPgbouncerWith is startPgbouncerPinned with more [pgbouncer]
+// settings (ini lines) at the end of its configuration.
+func startPgbouncerWith(dir, sub string, pg *pgcluster.Cluster, cpus, more string) (*proc, error) {
 	bin, err := exec.LookPath("pgbouncer")
 	if err != nil {
 		return nil, fmt.Errorf("pgbouncer not installed (Debian: apt-get install pgbouncer): %w", err)
@@ -330,7 +336,7 @@ max_client_conn = 12000
 logfile = %s/pgbouncer.log
 pidfile = %s/pgbouncer.pid
 ignore_startup_parameters = extra_float_digits
-`, pg.Port, port, bdir, bdir, bdir)
+`, pg.Port, port, bdir, bdir, bdir) + more
 	if err := os.WriteFile(filepath.Join(bdir, "pgbouncer.ini"), []byte(ini), 0o644); err != nil {
 		return nil, err
 	}

@@ -139,6 +139,7 @@ func (r *results) markdown(idleN, manyN int) string {
 	b.WriteString(r.targetsMarkdown(idleN))
 	b.WriteString("\n")
 	b.WriteString(r.poolersMarkdown())
+	b.WriteString(r.tlsMarkdown())
 	b.WriteString(r.io.markdown())
 	fmt.Fprintf(&b, "\n## Cost of SQL classification\n\n| mode | classification on tps | off tps | cost |\n|---|---|---|---|\n")
 	for _, mode := range []string{"simple", "prepared"} {

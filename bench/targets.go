@@ -108,8 +108,12 @@ func onlyTargets(duration time.Duration, rounds int, pgshieldBin string, idleN i
 	if err := e.pinnedRounds(res, pgshieldBin, duration, rounds); err != nil {
 		return err
 	}
+	if err := e.tlsRounds(res, pgshieldBin, duration, rounds); err != nil {
+		return err
+	}
 	fmt.Println(res.targetsMarkdown(idleN))
 	fmt.Println(res.poolersMarkdown())
+	fmt.Println(res.tlsMarkdown())
 	return nil
 }
 

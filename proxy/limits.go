@@ -44,7 +44,6 @@ type limits struct{ tx, idle time.Duration }
 func (s *Server) reap(stop <-chan struct{}) {
 	t := time.NewTicker(reapInterval)
 	defer t.Stop()
-	seen := make(map[*session]int64)
 	for tick := 1; ; tick++ {
 		select {
 		case <-stop:
@@ -52,7 +51,7 @@ func (s *Server) reap(stop <-chan struct{}) {
 		case <-t.C:
 		}
 		if tick%parkEvery == 0 {
-			s.sweepPark(seen)
+			s.sweepPark()
 		}
 		svcs := s.pools.Config().Services
 		var lim map[string]limits

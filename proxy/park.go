@@ -214,27 +214,16 @@ func (s *session) askPark(seen int64) int64 {
 	return in
 }
 
-// sweepPark asks every idle parkable session to park.
-func (s *Server) sweepPark(seen map[*session]int64) {
+// sweepPark asks every idle parkable session to park. Only the reaper
+// goroutine calls it (it owns parkSeen).
+func (s *Server) sweepPark() {
 	if s.rt.Load().cfg.DisableIdleParking {
-		clear(seen)
 		return
 	}
-	live := s.sessionList()
-	next := make(map[*session]int64, len(live))
-	for _, sess := range live {
-		if !sess.parkable() {
-			continue
+	for _, sess := range s.sessionList() {
+		if sess.parkable() {
+			sess.parkSeen = sess.askPark(sess.parkSeen)
 		}
-		prev, ok := seen[sess]
-		if !ok {
-			prev = -1
-		}
-		next[sess] = sess.askPark(prev)
-	}
-	clear(seen)
-	for k, v := range next {
-		seen[k] = v
 	}
 }
 
@@ -302,6 +291,17 @@ func (s *session) parkLocked() parkOutcome {
 	return parkDone
 }
 
+// instrumentsLocked gives the session metric series of its own again
+// after a park (shedLocked folded them into the totals). s.mu must be
+// held.
+func (s *session) instrumentsLocked() {
+	if s.ins != nil || s.srv.metrics == nil {
+		return
+	}
+	s.ins = s.srv.newInstruments(s.service, s.database)
+	s.ins.handles.Stripe = int(s.id)
+}
+
 // shedLocked drops the buffers a session keeps from one transaction to
 // the next, which an idle one does not need: they grow again when used.
 // s.mu must be held, and nobody reads for the session.
@@ -318,6 +318,11 @@ func (s *session) shedLocked() {
 		s.resp.inTx = nil
 	}
 	s.retrySent = nil
+	// Its metric series too: each holds a histogram or a counter and
+	// entries in its family's maps. Folded into the totals, they count
+	// the same in every scrape.
+	s.srv.releaseInstruments(s.ins)
+	s.ins = nil
 }
 
 // unparkLocked takes a parked session up on a goroutine of its own, with
@@ -331,6 +336,7 @@ func (s *session) unparkLocked() {
 	s.br = s.srv.readers.Get().(*bufio.Reader)
 	s.br.Reset(s.conn)
 	s.r.Reset(s.br)
+	s.instrumentsLocked()
 	go s.serve()
 }
 

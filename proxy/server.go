@@ -418,7 +418,8 @@ func (s *Server) register(sess *session) error {
 	}
 	sess.id = s.nextID
 	if sess.ins != nil {
-		// Spread sessions over the stripes of the shared statistics.
+		// Spread sessions over the stripes of the shared statistics
+		// (again after each park: instrumentsLocked).
 		sess.ins.handles.Stripe = int(sess.id)
 	}
 	// Under s.mu: whoever finds the session in s.sessions sees its logger.

@@ -212,6 +212,9 @@ type session struct {
 	idleRead, parkAsked atomic.Bool
 	parked              bool
 	parkFD              int32
+	// parkSeen is the client's byte count at the last sweep, owned by the
+	// reaper goroutine.
+	parkSeen int64
 }
 
 // portal is what a portal runs: the statement (nil if unknown) and its

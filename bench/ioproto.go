@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -108,18 +107,11 @@ func ioCompare(e *env, duration time.Duration, rounds int) (r ioResult) {
 
 // onlyIOProto runs the I/O-model comparison alone and prints its section.
 func onlyIOProto(duration time.Duration, rounds int, pgshieldBin string) error {
-	e, err := newEnv(context.Background())
-	if err != nil {
-		return err
-	}
-	defer e.close()
-	if err := e.startPoolers(pgshieldBin, ""); err != nil {
-		return err
-	}
-	defer e.stopPoolers()
-	r := ioCompare(e, duration, rounds)
-	fmt.Println(r.markdown())
-	return r.err
+	return withPoolers(pgshieldBin, func(e *env) error {
+		r := ioCompare(e, duration, rounds)
+		fmt.Println(r.markdown())
+		return r.err
+	})
 }
 
 func (r ioResult) markdown() string {

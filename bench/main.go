@@ -291,17 +291,7 @@ func run(duration time.Duration, rounds int, outPath, pgshieldBin, baselineBin s
 	defer e.stopPoolers()
 
 	res := &results{duration: duration, rounds: rounds, baseline: e.baseline != nil}
-	// Memory first, while both poolers are fresh processes: after load a
-	// warm heap would hide what idle clients cost.
-	if err := e.measureIdle(res, idleN); err != nil {
-		return err
-	}
-	e.poolerRounds(res, duration, rounds)
-	e.latencyRounds(res, duration, rounds)
-	if err := e.pinnedRounds(res, pgshieldBin, duration, rounds); err != nil {
-		return err
-	}
-	if err := e.tlsRounds(res, pgshieldBin, duration, rounds); err != nil {
+	if err := e.targetRuns(res, pgshieldBin, duration, rounds, idleN); err != nil {
 		return err
 	}
 	res.io = ioCompare(e, duration, rounds)

@@ -90,6 +90,37 @@ func (e *env) pinnedRounds(res *results, pgshieldBin string, d time.Duration, ro
 // clients' memory, the pooler comparison, one client's latency and the
 // pinned poolers.
 func onlyTargets(duration time.Duration, rounds int, pgshieldBin string, idleN int) error {
+	return withPoolers(pgshieldBin, func(e *env) error {
+		res := &results{duration: duration, rounds: rounds}
+		if err := e.targetRuns(res, pgshieldBin, duration, rounds, idleN); err != nil {
+			return err
+		}
+		fmt.Println(res.targetsMarkdown(idleN))
+		fmt.Println(res.poolersMarkdown())
+		fmt.Println(res.tlsMarkdown())
+		return nil
+	})
+}
+
+// targetRuns runs what the targets table needs: idle clients' memory
+// first, while the poolers are fresh processes (after load a warm heap
+// would hide what idle clients cost), then the pooler comparison, one
+// client's latency, the pinned poolers and TLS clients.
+func (e *env) targetRuns(res *results, pgshieldBin string, duration time.Duration, rounds, idleN int) error {
+	if err := e.measureIdle(res, idleN); err != nil {
+		return err
+	}
+	e.poolerRounds(res, duration, rounds)
+	e.latencyRounds(res, duration, rounds)
+	if err := e.pinnedRounds(res, pgshieldBin, duration, rounds); err != nil {
+		return err
+	}
+	return e.tlsRounds(res, pgshieldBin, duration, rounds)
+}
+
+// withPoolers runs f in a new environment with pgshield and PgBouncer
+// started (-only scenarios).
+func withPoolers(pgshieldBin string, f func(e *env) error) error {
 	e, err := newEnv(context.Background())
 	if err != nil {
 		return err
@@ -99,22 +130,7 @@ func onlyTargets(duration time.Duration, rounds int, pgshieldBin string, idleN i
 		return err
 	}
 	defer e.stopPoolers()
-	res := &results{duration: duration, rounds: rounds}
-	if err := e.measureIdle(res, idleN); err != nil {
-		return err
-	}
-	e.poolerRounds(res, duration, rounds)
-	e.latencyRounds(res, duration, rounds)
-	if err := e.pinnedRounds(res, pgshieldBin, duration, rounds); err != nil {
-		return err
-	}
-	if err := e.tlsRounds(res, pgshieldBin, duration, rounds); err != nil {
-		return err
-	}
-	fmt.Println(res.targetsMarkdown(idleN))
-	fmt.Println(res.poolersMarkdown())
-	fmt.Println(res.tlsMarkdown())
-	return nil
+	return f(e)
 }
 
 // measureIdle logs idleN idle clients into each pooler in turn and

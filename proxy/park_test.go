@@ -86,8 +86,8 @@ func TestParkIdleClients(t *testing.T) {
 	}
 }
 
-// A parked client is told why when it is ended: KILL and shutdown reach
-// it although it has no goroutine.
+// A parked client is told why when pgshield shuts down, although it has
+// no goroutine.
 func TestParkedClientsToldAtShutdown(t *testing.T) {
 	e := startProxy(t, nil)
 	ctx := ctxT(t)
@@ -111,5 +111,30 @@ func TestParkedClientsToldAtShutdown(t *testing.T) {
 	}
 	if got := e.srv.ParkedClients(); got != 0 {
 		t.Errorf("ParkedClients %d after Shutdown", got)
+	}
+}
+
+// KILL of a parked client reaches it at once: it is told 57P01 and gone,
+// and the other parked clients stay parked.
+func TestParkedClientKilled(t *testing.T) {
+	e := startProxy(t, nil)
+	ctx := ctxT(t)
+	victim, other := e.connect(t, "app", ""), e.connect(t, "app", "")
+	for _, c := range []*pgx.Conn{victim, other} {
+		if _, err := c.Exec(ctx, "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pollFor(t, "both clients to be parked", 10*time.Second, func() bool { return e.srv.ParkedClients() == 2 })
+	if err := e.srv.Kill(victim.PgConn().PID()); err != nil {
+		t.Fatal(err)
+	}
+	lcExpectGoodbye(t, "killed parked client", victim)
+	pollFor(t, "the killed client to be gone", 5*time.Second, func() bool { return e.srv.ClientCount() == 1 })
+	if got := e.srv.ParkedClients(); got != 1 {
+		t.Errorf("%d clients parked after the KILL, want the other one", got)
+	}
+	if _, err := other.Exec(ctx, "select 1"); err != nil {
+		t.Fatalf("the other parked client: %v", err)
 	}
 }

@@ -3,7 +3,6 @@ package admin
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,8 +19,6 @@ import (
 	"github.com/pgshield/pgshield/admin/backup"
 	"github.com/pgshield/pgshield/internal/pgcluster"
 	"github.com/pgshield/pgshield/metrics"
-	"github.com/pgshield/pgshield/poolmgr"
-	"github.com/pgshield/pgshield/proxy"
 )
 
 // The fake Source of the console tests has no backups.
@@ -149,40 +146,8 @@ func (s *backupSource) Backups() *Backups { return s.b }
 // startBackupConsole is startJobsConsole over backups.
 func startBackupConsole(t *testing.T, jobs *Jobs, b *Backups) *consoleEnv {
 	t.Helper()
-	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	mcfg := poolmgr.Config{Databases: map[string]poolmgr.DatabaseConfig{
-		"leads": {Primary: "127.0.0.1:1", DBName: "leads", User: "u", Password: "p", ServerTLS: poolmgr.ServerTLS{Mode: "disable"}},
-	}}.WithDefaults()
-	pools, err := poolmgr.New(mcfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := proxy.New(proxy.Config{Listen: "127.0.0.1:0", Users: []proxy.User{
-		{Name: "admin", Password: testAdminPassword, Admin: true},
-	}}, pools, nil, log)
-	if err != nil {
-		t.Fatal(err)
-	}
 	src := &backupSource{fakeSource: newFakeSource(), b: b}
-	c := NewConsole(srv.AcceptAdmin, src, log, WithJobs(jobs))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &consoleEnv{addr: ln.Addr().String(), src: src.fakeSource, console: c, served: make(chan error, 1)}
-	go func() { e.served <- c.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := c.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-e.served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		pools.Close(ctx)
-	})
-	return e
+	return serveConsole(t, src, src.fakeSource, nil, WithJobs(jobs))
 }
 
 // backupEnv is a backup.Manager over a local repository and a real

@@ -182,10 +182,18 @@ type consoleEnv struct {
 	served  chan error
 }
 
-// startConsole serves a Console on loopback. The pool manager names a
-// database at an unreachable port: AcceptAdmin never dials a server, and
-// the manager is not started.
+// startConsole serves a Console on loopback over a fake source.
 func startConsole(t *testing.T) *consoleEnv {
+	t.Helper()
+	fake := newFakeSource()
+	return serveConsole(t, fake, fake, nil)
+}
+
+// serveConsole serves a Console over src (fake is the fake source in it)
+// on loopback, with setup run on it before it serves. The pool manager
+// names a database at an unreachable port: AcceptAdmin never dials a
+// server, and the manager is not started.
+func serveConsole(t *testing.T, src Source, fake *fakeSource, setup func(*Console), opts ...ConsoleOption) *consoleEnv {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	mcfg := poolmgr.Config{Databases: map[string]poolmgr.DatabaseConfig{
@@ -203,13 +211,15 @@ func startConsole(t *testing.T) *consoleEnv {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.InfoLevel)
-	src := newFakeSource()
-	c := NewConsole(srv.AcceptAdmin, src, zap.New(core))
+	c := NewConsole(srv.AcceptAdmin, src, zap.New(core), opts...)
+	if setup != nil {
+		setup(c)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &consoleEnv{addr: ln.Addr().String(), src: src, console: c, logs: logs, served: make(chan error, 1)}
+	e := &consoleEnv{addr: ln.Addr().String(), src: fake, console: c, logs: logs, served: make(chan error, 1)}
 	go func() { e.served <- c.Serve(ln) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

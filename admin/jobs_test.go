@@ -18,11 +18,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
-
-	"github.com/pgshield/pgshield/poolmgr"
-	"github.com/pgshield/pgshield/proxy"
 )
 
 // fakeClock is the registry's clock in tests: it moves only when told.
@@ -507,44 +503,8 @@ func TestJobsConcurrent(t *testing.T) {
 // setup run on the console before it serves.
 func startJobsConsole(t *testing.T, jobs *Jobs, setup func(*Console)) *consoleEnv {
 	t.Helper()
-	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	mcfg := poolmgr.Config{Databases: map[string]poolmgr.DatabaseConfig{
-		"leads": {Primary: "127.0.0.1:1", DBName: "leads", User: "u", Password: "p", ServerTLS: poolmgr.ServerTLS{Mode: "disable"}},
-	}}.WithDefaults()
-	pools, err := poolmgr.New(mcfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := proxy.New(proxy.Config{Listen: "127.0.0.1:0", Users: []proxy.User{
-		{Name: "admin", Password: testAdminPassword, Admin: true},
-	}}, pools, nil, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	core, logs := observer.New(zapcore.InfoLevel)
-	src := newFakeSource()
-	c := NewConsole(srv.AcceptAdmin, src, zap.New(core), WithJobs(jobs))
-	if setup != nil {
-		setup(c)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &consoleEnv{addr: ln.Addr().String(), src: src, console: c, logs: logs, served: make(chan error, 1)}
-	go func() { e.served <- c.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := c.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-e.served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		pools.Close(ctx)
-	})
-	return e
+	fake := newFakeSource()
+	return serveConsole(t, fake, fake, setup, WithJobs(jobs))
 }
 
 // rowText is a row with NULL as "NULL", the columns joined by "|".

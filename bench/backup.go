@@ -108,14 +108,11 @@ type backupResult struct {
 }
 
 func onlyBackup(pgshieldBin string, o backupOptions) error {
-	dir, err := os.MkdirTemp("", "pgshield-bench-")
+	dir, err := benchDir()
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
 	r := backupCompare(dir, pgshieldBin, o)
 	fmt.Println(r.markdown())
 	return r.failed()

@@ -67,14 +67,11 @@ func main() {
 }
 
 func onlyFailover(pgshieldBin string) error {
-	dir, err := os.MkdirTemp("", "pgshield-bench-")
+	dir, err := benchDir()
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
 	say("failover: primary and synchronous replica, 20 writers, pg_ctl stop -m immediate")
 	f := failover(dir, pgshieldBin)
 	fmt.Println(f.markdown())
@@ -126,12 +123,27 @@ type env struct {
 	profiles string
 }
 
+// benchDir makes a new temporary directory for a run, open to the
+// postgres user (PostgreSQL and PgBouncer run as it when the bench runs
+// as root).
+func benchDir() (string, error) {
+	dir, err := os.MkdirTemp("", "pgshield-bench-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
 func say(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
 
 // newEnv starts PostgreSQL in a new temporary directory with the pgbench
 // tables (scale 10) in database bench, owned by role bench.
 func newEnv(ctx context.Context) (e *env, err error) {
-	dir, err := os.MkdirTemp("", "pgshield-bench-")
+	dir, err := benchDir()
 	if err != nil {
 		return nil, err
 	}
@@ -141,9 +153,6 @@ func newEnv(ctx context.Context) (e *env, err error) {
 			e.close()
 		}
 	}()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, err
-	}
 	say("starting PostgreSQL")
 	e.pg, err = pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dir, "pg"), Settings: map[string]string{"max_connections": "300"}})
 	if err != nil {
@@ -268,8 +277,14 @@ func (e *env) poolerRounds(res *results, duration time.Duration, rounds int) {
 // pgbenchThrough runs pgbench -S through pooler p and records the CPU
 // time p used meanwhile.
 func (e *env) pgbenchThrough(p *proc, mode string, clients int, d time.Duration) measure {
+	return p.cpuDuring(func() measure { return e.pgbenchS(p.port, mode, clients, d) })
+}
+
+// cpuDuring runs run and records in its measure the CPU time p used
+// meanwhile.
+func (p *proc) cpuDuring(run func() measure) measure {
 	before, errBefore := p.cpuTime()
-	m := e.pgbenchS(p.port, mode, clients, d)
+	m := run()
 	after, errAfter := p.cpuTime()
 	if errBefore == nil && errAfter == nil {
 		m.cpu, m.cpuRead = after-before, true

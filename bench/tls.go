@@ -58,11 +58,7 @@ func (e *env) tlsRounds(res *results, pgshieldBin string, d time.Duration, round
 				if name == tBouncerTLS {
 					p = bouncer
 				}
-				before, errBefore := p.cpuTime()
-				m := parsePgbench(e.pgbenchTLSCmd(p.port, mode, 50, d).CombinedOutput())
-				if after, errAfter := p.cpuTime(); errBefore == nil && errAfter == nil {
-					m.cpu, m.cpuRead = after-before, true
-				}
+				m := p.cpuDuring(func() measure { return parsePgbench(e.pgbenchTLSCmd(p.port, mode, 50, d).CombinedOutput()) })
 				say("round %d %-9s %-15s tps %8.0f  cpu %.2f µs/tx  failed %d %s", r+1, mode, name, m.tps, m.cpuPerTx(), m.failed, m.note)
 				res.add(name, mode, m)
 			}

@@ -163,7 +163,8 @@ func maintenanceInterval(s Settings) time.Duration {
 
 // Acquire returns an idle server connection of pool (service, database,
 // backend), dialling one if the pool has room, or waits in FIFO order up to
-// wait_timeout (ErrWaitTimeout). backend "" means the primary.
+// wait_timeout (ErrWaitTimeout). backend "" means the primary. A *Waiter
+// as ctx bounds the wait with the timer it keeps (waiter.go).
 func (m *Manager) Acquire(ctx context.Context, service, database, backend string) (*Conn, error) {
 	p, err := m.pool(service, database, backend)
 	if err != nil {
@@ -182,8 +183,14 @@ func (m *Manager) Acquire(ctx context.Context, service, database, backend string
 		}
 	}
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, s.WaitTimeout)
-	defer cancel()
+	if w, ok := ctx.(*Waiter); ok {
+		w.begin(start.Add(s.WaitTimeout))
+		defer w.end()
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.WaitTimeout)
+		defer cancel()
+	}
 	p.waiting.Add(1)
 	defer p.waiting.Add(-1)
 	for {

@@ -585,6 +585,13 @@ func (s *session) attach(ctx context.Context, backend string, node *router.Node)
 	if err := s.srv.waitPaused(ctx, s.database); err != nil {
 		return err
 	}
+	if ctx == s.ctx {
+		// The client's own wait: its timer is kept between waits.
+		if s.wait == nil {
+			s.wait = poolmgr.NewWaiter(s.ctx)
+		}
+		ctx = s.wait
+	}
 	conn, err := s.srv.pools.Acquire(ctx, s.service, s.database, backend)
 	if err != nil {
 		return err

@@ -115,6 +115,7 @@ type session struct {
 
 	// Owned by the client goroutine: the request stage (request.go).
 	conn      net.Conn
+	wait      *poolmgr.Waiter // its waits for a server under ctx, made at the first
 	br        *bufio.Reader
 	r         *wire.Reader
 	discard   bool   // a message was refused without a server: drop messages up to Sync

@@ -23,6 +23,7 @@ const (
 	tDirect1   = "direct/1client"
 	tShieldPin = "pgshield/pinned"
 	tBouncePin = "pgbouncer/pinned"
+	tShield1P  = "pgshield/GOMAXPROCS=1"
 )
 
 // latencyRounds runs pgbench -S with one client through each pooler and
@@ -86,6 +87,39 @@ func (e *env) pinnedRounds(res *results, pgshieldBin string, d time.Duration, ro
 	return nil
 }
 
+// oneProcRounds starts a pgshield with GOMAXPROCS=1 on both cores (one
+// P, as PgBouncer runs one thread, but not confined to a core) and runs
+// pgbench -S with 50 clients through it and through PgBouncer, simple and
+// extended, rounds rounds alternating. It is for reading beside the
+// targets: how much of the CPU per transaction is the Go scheduler's
+// spinning between Ps.
+func (e *env) oneProcRounds(res *results, pgshieldBin string, d time.Duration, rounds int) error {
+	shield, err := startPgshield(e.dir, "oneproc", pgshieldBin, e.pg, shieldOptions{env: []string{"GOMAXPROCS=1"}})
+	if err != nil {
+		return fmt.Errorf("pgshield with GOMAXPROCS=1: %w", err)
+	}
+	defer shield.stop()
+	e.pgbenchS(shield.port, "simple", 20, 2*time.Second)
+	say("pgbench -S, 50 clients, pgshield with GOMAXPROCS=1, %d rounds of %s", rounds, d)
+	targets := []string{tShield1P, tBouncer}
+	for r := 0; r < rounds; r++ {
+		for _, mode := range []string{"simple", "extended"} {
+			for _, name := range roundOrder(targets, r) {
+				p := shield
+				if name == tBouncer {
+					p = e.bouncer
+				}
+				m := e.pgbenchThrough(p, mode, 50, d)
+				say("round %d %-9s %-22s tps %8.0f  pooler cpu %.2f µs/tx  failed %d %s", r+1, mode, name, m.tps, m.cpuPerTx(), m.failed, m.note)
+				if name == tShield1P {
+					res.add(name, mode, m) // PgBouncer's runs are for pacing: the table uses the pooler comparison's
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // onlyTargets measures what the targets table needs and prints it: idle
 // clients' memory, the pooler comparison, one client's latency and the
 // pinned poolers.
@@ -113,6 +147,9 @@ func (e *env) targetRuns(res *results, pgshieldBin string, duration time.Duratio
 	e.poolerRounds(res, duration, rounds)
 	e.latencyRounds(res, duration, rounds)
 	if err := e.pinnedRounds(res, pgshieldBin, duration, rounds); err != nil {
+		return err
+	}
+	if err := e.oneProcRounds(res, pgshieldBin, duration, rounds); err != nil {
 		return err
 	}
 	return e.tlsRounds(res, pgshieldBin, duration, rounds)
@@ -170,7 +207,7 @@ func addedOver(a, d []measure) float64 {
 func (r *results) targetsMarkdown(idleN int) string {
 	var b strings.Builder
 	b.WriteString("## Targets of the I/O core\n\n")
-	b.WriteString("Each figure for pgshield and PgBouncer from this run, side by side (medians of the rounds; the sections below give the runs). Added latency is pgbench's average latency at one client minus direct's in the same round. Pinned: both poolers started under `taskset -c " + pinCPU + "` (pgshield's Go runtime then runs one P), pgbench and PostgreSQL on both cores.\n\n")
+	b.WriteString("Each figure for pgshield and PgBouncer from this run, side by side (medians of the rounds; the sections below give the runs). Added latency is pgbench's average latency at one client minus direct's in the same round. Pinned: both poolers started under `taskset -c " + pinCPU + "` (pgshield's Go runtime then runs one P), pgbench and PostgreSQL on both cores. GOMAXPROCS=1: pgshield with one P but not confined, beside the pooler comparison's PgBouncer.\n\n")
 	b.WriteString("| figure | pgshield | PgBouncer | pgshield / PgBouncer | target | met |\n|---|---|---|---|---|---|\n")
 	row := func(figure string, s, p float64, unit string, target string, met bool, ok bool) {
 		verdict := "no"
@@ -208,8 +245,13 @@ func (r *results) targetsMarkdown(idleN int) string {
 		s, p := r.med(tShieldPin, mode), r.med(tBouncePin, mode)
 		fmt.Fprintf(&b, "| pinned to one core: CPU per transaction, %s (for reading) | %s | %s | %s | — | — |\n", mode, cell(s.cpu, "µs"), cell(p.cpu, "µs"), cpuRatio(s.cpu, p.cpu))
 	}
+	for _, mode := range []string{"simple", "extended"} {
+		s, p := r.med(tShield1P, mode), r.med(tBouncer, mode)
+		fmt.Fprintf(&b, "| GOMAXPROCS=1, both cores: CPU per transaction, %s (for reading) | %s | %s | %s | — | — |\n", mode, cell(s.cpu, "µs"), cell(p.cpu, "µs"), cpuRatio(s.cpu, p.cpu))
+		fmt.Fprintf(&b, "| GOMAXPROCS=1, both cores: TPS, %s (for reading) | %s | %s | %s | — | — |\n", mode, cell(s.tps, ""), cell(p.tps, ""), cpuRatio(s.tps, p.tps))
+	}
 	var failed []string
-	for _, t := range []string{tShield1, tBouncer1, tShieldPin, tBouncePin} {
+	for _, t := range []string{tShield1, tBouncer1, tShieldPin, tBouncePin, tShield1P} {
 		for _, mode := range []string{"simple", "extended"} {
 			if s := r.med(t, mode); s.failed > 0 || s.note != "" {
 				failed = append(failed, fmt.Sprintf("%s %s: %s", t, mode, failures(s.failed, s.note)))

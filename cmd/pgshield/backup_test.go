@@ -52,24 +52,13 @@ func TestBackupsToMinIO(t *testing.T) {
 	openUp(t, dir)
 	addr, admin := freeAddr(t), freeAddr(t)
 	cfgPath := filepath.Join(dir, "pgshield.yaml")
-	cfg := fmt.Sprintf(`listen: %s
-admin_listen: %s
-metrics_listen: 127.0.0.1:0
-users:
-  - {name: app, password: app, service: api}
-  - {name: admin, password: admin, admin: true}
-databases:
-  shop: {primary: %s, dbname: shop, user: %s, password: %s, server_tls: {mode: disable}}
-services:
-  api: {max_connections: 4, min_connections: 1}
-log: {level: info, format: json}
-backup:
+	cfg := appConfigHead(addr, admin, "shop", "shop", pg) + fmt.Sprintf(`backup:
   repository:
     s3: {endpoint: %s, bucket: backups, access_key: %s, secret_key: %s}
   wal: true
   pg_bin: %s
   schedule: {full: "off", incremental: "off", verify: "off", retention: "off"}
-`, addr, admin, pg.Addr(), pg.User, pg.Password, s3.Endpoint, s3.AccessKey, s3.SecretKey, pgBin)
+`, s3.Endpoint, s3.AccessKey, s3.SecretKey, pgBin)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,24 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// appConfigHead is the start of a configuration the job tests share: the
+// client and admin listeners, the app and admin users, one database
+// (named name, dbname dbname on pg) and the api service.
+func appConfigHead(addr, admin, name, dbname string, pg *pgcluster.Cluster) string {
+	return fmt.Sprintf(`listen: %s
+admin_listen: %s
+metrics_listen: 127.0.0.1:0
+users:
+  - {name: app, password: app, service: api}
+  - {name: admin, password: admin, admin: true}
+databases:
+  %s: {primary: %s, dbname: %s, user: %s, password: %s, server_tls: {mode: disable}}
+services:
+  api: {max_connections: 4, min_connections: 1}
+log: {level: info, format: json}
+`, addr, admin, name, pg.Addr(), dbname, pg.User, pg.Password)
+}
+
 // syncBuffer collects a child's output for inspection while it runs.
 type syncBuffer struct {
 	mu sync.Mutex

@@ -55,18 +55,7 @@ func TestReencryptSurvivesKill9(t *testing.T) {
 	old := keys.Keys()
 	addr, admin := freeAddr(t), freeAddr(t)
 	cfgPath := filepath.Join(dir, "pgshield.yaml")
-	cfg := fmt.Sprintf(`listen: %s
-admin_listen: %s
-metrics_listen: 127.0.0.1:0
-users:
-  - {name: app, password: app, service: api}
-  - {name: admin, password: admin, admin: true}
-databases:
-  app: {primary: %s, dbname: encapp, user: %s, password: %s, server_tls: {mode: disable}}
-services:
-  api: {max_connections: 4, min_connections: 1}
-log: {level: info, format: json}
-encryption:
+	cfg := appConfigHead(addr, admin, "app", "encapp", pg) + `encryption:
   keyset_file: keys.json
   reencrypt: {batch_rows: 1000, pause: 100ms}
   columns:
@@ -74,7 +63,7 @@ encryption:
       leads:
         email: {deterministic: true}
         ssn: {}
-`, addr, admin, pg.Addr(), pg.User, pg.Password)
+`
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

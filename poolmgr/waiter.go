@@ -88,8 +88,11 @@ func (w *Waiter) end() {
 	w.deadline = time.Time{}
 	w.mu.Unlock()
 	// A fire that was already under way finds no deadline, or the next
-	// wait's, not yet passed, and does nothing.
-	w.timer.Stop()
+	// wait's, not yet passed, and does nothing. There is no timer when the
+	// parent was done before any wait armed one.
+	if w.timer != nil {
+		w.timer.Stop()
+	}
 }
 
 // expire ends the wait in progress if its deadline has passed.

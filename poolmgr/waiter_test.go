@@ -62,3 +62,20 @@ func TestWaiterReusedAcrossWaits(t *testing.T) {
 	}
 	c2.Release()
 }
+
+// A Waiter whose parent ended before it ever waited (a client killed as
+// its first wait begins) ends that wait with the parent's error.
+func TestWaiterOfEndedParent(t *testing.T) {
+	m := newManager(t, testConfig(1, 0, Settings{WaitTimeout: time.Minute}))
+	held, err := m.Acquire(context.Background(), "svc", "db", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+	parent, cancel := context.WithCancel(context.Background())
+	w := NewWaiter(parent)
+	cancel()
+	if _, err := m.Acquire(w, "svc", "db", ""); !errors.Is(err, context.Canceled) {
+		t.Fatalf("want context.Canceled, got %v", err)
+	}
+}

@@ -24,6 +24,7 @@ const (
 	tShieldPin = "pgshield/pinned"
 	tBouncePin = "pgbouncer/pinned"
 	tShield1P  = "pgshield/GOMAXPROCS=1"
+	tBouncer1P = "pgbouncer/beside-GOMAXPROCS=1"
 )
 
 // latencyRounds runs pgbench -S with one client through each pooler and
@@ -70,21 +71,23 @@ func (e *env) pinnedRounds(res *results, pgshieldBin string, d time.Duration, ro
 		e.pgbenchS(p.port, "simple", 20, 2*time.Second)
 	}
 	say("pgbench -S, 50 clients, poolers pinned to CPU %s, %d rounds of %s", pinCPU, rounds, d)
-	targets := []string{tShieldPin, tBouncePin}
+	e.alternate(res, []string{tShieldPin, tBouncePin}, map[string]*proc{tShieldPin: shield, tBouncePin: bouncer}, d, rounds)
+	return nil
+}
+
+// alternate runs pgbench -S with 50 clients through each target's pooler
+// (through), simple and extended, for rounds rounds in alternating order,
+// and records every run under its target's name.
+func (e *env) alternate(res *results, targets []string, through map[string]*proc, d time.Duration, rounds int) {
 	for r := 0; r < rounds; r++ {
 		for _, mode := range []string{"simple", "extended"} {
 			for _, name := range roundOrder(targets, r) {
-				p := shield
-				if name == tBouncePin {
-					p = bouncer
-				}
-				m := e.pgbenchThrough(p, mode, 50, d)
-				say("round %d %-9s %-18s tps %8.0f  pooler cpu %.2f µs/tx  failed %d %s", r+1, mode, name, m.tps, m.cpuPerTx(), m.failed, m.note)
+				m := e.pgbenchThrough(through[name], mode, 50, d)
+				say("round %d %-9s %-22s tps %8.0f  pooler cpu %.2f µs/tx  failed %d %s", r+1, mode, name, m.tps, m.cpuPerTx(), m.failed, m.note)
 				res.add(name, mode, m)
 			}
 		}
 	}
-	return nil
 }
 
 // oneProcRounds starts a pgshield with GOMAXPROCS=1 on both cores (one
@@ -101,22 +104,9 @@ func (e *env) oneProcRounds(res *results, pgshieldBin string, d time.Duration, r
 	defer shield.stop()
 	e.pgbenchS(shield.port, "simple", 20, 2*time.Second)
 	say("pgbench -S, 50 clients, pgshield with GOMAXPROCS=1, %d rounds of %s", rounds, d)
-	targets := []string{tShield1P, tBouncer}
-	for r := 0; r < rounds; r++ {
-		for _, mode := range []string{"simple", "extended"} {
-			for _, name := range roundOrder(targets, r) {
-				p := shield
-				if name == tBouncer {
-					p = e.bouncer
-				}
-				m := e.pgbenchThrough(p, mode, 50, d)
-				say("round %d %-9s %-22s tps %8.0f  pooler cpu %.2f µs/tx  failed %d %s", r+1, mode, name, m.tps, m.cpuPerTx(), m.failed, m.note)
-				if name == tShield1P {
-					res.add(name, mode, m) // PgBouncer's runs are for pacing: the table uses the pooler comparison's
-				}
-			}
-		}
-	}
+	// PgBouncer's runs here pace the rounds under a name of their own:
+	// the table compares with the pooler comparison's.
+	e.alternate(res, []string{tShield1P, tBouncer1P}, map[string]*proc{tShield1P: shield, tBouncer1P: e.bouncer}, d, rounds)
 	return nil
 }
 

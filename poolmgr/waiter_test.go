@@ -8,7 +8,8 @@ import (
 )
 
 // One Waiter serves wait after wait: a wait that times out does not leave
-// the next one done, a satisfied wait leaves it open for the next, and the parent's end ends the waits for good.
+// the next one done, a satisfied wait leaves it open for the next, and the
+// parent's end ends the waits for good.
 func TestWaiterReusedAcrossWaits(t *testing.T) {
 	m := newManager(t, testConfig(1, 0, Settings{WaitTimeout: 200 * time.Millisecond}))
 	parent, cancel := context.WithCancel(context.Background())
@@ -28,30 +29,15 @@ func TestWaiterReusedAcrossWaits(t *testing.T) {
 		t.Fatalf("wait timeouts counted: %+v", st)
 	}
 
-	// A wait satisfied before its deadline: released from another
-	// goroutine while the waiter queues.
-	go func() {
-		eventually(t, "the waiter to queue", func() bool { return stat(m, "svc").Waiting == 1 })
-		held.Release()
-	}()
-	c, err := m.Acquire(w, "svc", "db", "")
-	if err != nil {
-		t.Fatalf("satisfied wait: %v", err)
-	}
+	// A wait satisfied before its deadline, then another with the same
+	// waiter.
+	c := acquireReleased(t, m, w, held)
 	select {
 	case <-w.Done():
 		t.Fatal("a satisfied wait left the waiter done")
 	default:
 	}
-	// And again, with the same waiter.
-	go func() {
-		eventually(t, "the waiter to queue", func() bool { return stat(m, "svc").Waiting == 1 })
-		c.Release()
-	}()
-	c2, err := m.Acquire(w, "svc", "db", "")
-	if err != nil {
-		t.Fatalf("a later wait: %v", err)
-	}
+	c2 := acquireReleased(t, m, w, c)
 
 	// The parent's end: waits end at once with its error, and stay ended.
 	cancel()
@@ -78,4 +64,19 @@ func TestWaiterOfEndedParent(t *testing.T) {
 	if _, err := m.Acquire(w, "svc", "db", ""); !errors.Is(err, context.Canceled) {
 		t.Fatalf("want context.Canceled, got %v", err)
 	}
+}
+
+// acquireReleased waits with w for the pool's one server, which held is,
+// released from another goroutine once w queues.
+func acquireReleased(t *testing.T, m *Manager, w *Waiter, held *Conn) *Conn {
+	t.Helper()
+	go func() {
+		eventually(t, "the waiter to queue", func() bool { return stat(m, "svc").Waiting == 1 })
+		held.Release()
+	}()
+	c, err := m.Acquire(w, "svc", "db", "")
+	if err != nil {
+		t.Fatalf("a satisfied wait: %v", err)
+	}
+	return c
 }
